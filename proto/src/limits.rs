@@ -1,0 +1,57 @@
+//! Size limits and protocol constants. Every bound a peer can push against is named here.
+
+/// Maximum protobuf payload of one frame: 4 MiB.
+pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+/// Request header: method_id u16, request_id u32, payload_len u32.
+pub const REQUEST_HEADER_LEN: usize = 10;
+/// Response header: status u8, request_id u32, payload_len u32.
+pub const RESPONSE_HEADER_LEN: usize = 9;
+/// Push header: event_type u16, payload_len u32.
+pub const PUSH_HEADER_LEN: usize = 6;
+
+/// ALPN of the qpq v2 client protocol.
+pub const ALPN_QPQ: &[u8] = b"qpq";
+/// Default UDP port of the client protocol.
+pub const DEFAULT_CLIENT_PORT: u16 = 5001;
+
+/// Ed25519 identity keys (recipient keys) are 32 bytes.
+pub const IDENTITY_KEY_LEN: usize = 32;
+/// Ed25519 signatures are 64 bytes.
+pub const SIGNATURE_LEN: usize = 64;
+/// Message ids (idempotency keys) are 16 bytes.
+pub const MESSAGE_ID_LEN: usize = 16;
+/// Channel ids are 16 bytes; empty means the default channel.
+pub const CHANNEL_ID_LEN: usize = 16;
+/// Device ids are at most 32 bytes; empty means the default device queue.
+pub const MAX_DEVICE_ID_LEN: usize = 32;
+/// X25519 public key length.
+pub const X25519_PUBLIC_LEN: usize = 32;
+/// ML-KEM-768 encapsulation key length (FIPS 203).
+pub const MLKEM768_EK_LEN: usize = 1184;
+/// Hybrid public key: X25519 public key followed by the ML-KEM-768 encapsulation key.
+pub const HYBRID_PUBLIC_KEY_LEN: usize = X25519_PUBLIC_LEN + MLKEM768_EK_LEN;
+/// Auth challenge nonces are 32 bytes.
+pub const NONCE_LEN: usize = 32;
+/// Session tokens are 32 bytes.
+pub const SESSION_TOKEN_LEN: usize = 32;
+/// SHA-256 fingerprints are 32 bytes.
+pub const FINGERPRINT_LEN: usize = 32;
+
+/// Largest message payload a node stores: small enough that one stored message, with its
+/// envelope fields, always fits in a single Fetch response frame.
+pub const MAX_MESSAGE_LEN: usize = MAX_PAYLOAD - 1024;
+/// Recipients of one BatchEnqueue.
+pub const MAX_BATCH_RECIPIENTS: usize = 256;
+/// Keys of one FetchHybridKeys.
+pub const MAX_KEYS_PER_FETCH: usize = 256;
+/// Envelopes returned by one Fetch/Peek/FetchWait when the request says 0.
+pub const DEFAULT_FETCH_LIMIT: u32 = 64;
+/// Envelopes returned by one Fetch/Peek/FetchWait at most.
+pub const MAX_FETCH_LIMIT: u32 = 1024;
+/// Longest FetchWait long-poll a node honours (longer requests are shortened).
+pub const MAX_FETCH_WAIT_MS: u64 = 60_000;
+
+/// TTL applied when a request says `ttl_secs = 0`: 7 days.
+pub const DEFAULT_TTL_SECS: u32 = 7 * 24 * 3600;
+/// Default node maximum TTL: 30 days.
+pub const DEFAULT_MAX_TTL_SECS: u32 = 30 * 24 * 3600;
