@@ -1,0 +1,37 @@
+use ferry_proto::limits::MAX_MESSAGE_LEN;
+
+/// Limits and tuning of a [`crate::Store`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Node-wide budget of stored message bytes (payload plus a fixed per-message overhead).
+    pub max_total_bytes: u64,
+    /// Messages one recipient may have stored, over all its channels and devices.
+    pub max_recipient_messages: u64,
+    /// Bytes one recipient may have stored.
+    pub max_recipient_bytes: u64,
+    /// redb page cache. Small on routers: the working set is the tail of a few mailboxes.
+    pub cache_bytes: usize,
+    /// Operations folded into one commit at most.
+    pub max_batch_ops: usize,
+    /// Payload bytes folded into one commit at most (the first operation always goes in).
+    pub max_batch_bytes: usize,
+    /// Operations that may wait for the writer before new ones are refused with `Busy`.
+    pub queue_capacity: usize,
+    /// Expired entries removed per sweep transaction at most.
+    pub sweep_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_total_bytes: 256 * 1024 * 1024,
+            max_recipient_messages: 100_000,
+            max_recipient_bytes: 64 * 1024 * 1024,
+            cache_bytes: 4 * 1024 * 1024,
+            max_batch_ops: 1024,
+            max_batch_bytes: 2 * MAX_MESSAGE_LEN,
+            queue_capacity: 16 * 1024,
+            sweep_batch: 10_000,
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Ferry's durable store: mailboxes on redb.
+//!
+//! What it does: keeps per-(recipient, channel, device) FIFO mailboxes with monotonic
+//! sequence numbers in one redb file; makes enqueue idempotent by message id until the
+//! message expires; expires messages; enforces a global byte budget and per-recipient limits;
+//! keeps the hybrid public keys of users. All writes go through one writer thread that
+//! batches whatever is queued into a single durable (fsync'd) transaction — group commit —
+//! and answers each operation only after that commit.
+//!
+//! What it does not do: networking, authentication, delivery cursors of connections (those
+//! belong to the node), or any async runtime. Writes return a [`Pending`] that can be waited
+//! on synchronously or awaited; reads run on the caller's thread in their own read
+//! transaction.
+//!
+//! Invariants:
+//! - A write operation's result is sent only after the transaction containing it committed
+//!   with `Durability::Immediate`, or after it failed and nothing of it was stored.
+//! - `(message_id, mailbox)` maps to exactly one seq until the message's expiry: a retry never
+//!   stores a second copy.
+//! - Quota refusals are decided before anything of the operation is written.
+//! - Nothing read from disk is trusted: a record that does not decode is a [`StoreError`],
+//!   never a panic.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod backend;
+mod config;
+mod error;
+mod pending;
+mod schema;
+mod store;
+mod writer;
+
+pub use config::StoreConfig;
+pub use error::{QuotaScope, StoreError};
+pub use pending::Pending;
+pub use store::{
+    CommitObserver, Enqueued, NewMessage, Store, StoreStats, StoredMessage, WriterStats,
+};

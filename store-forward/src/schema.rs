@@ -1,0 +1,223 @@
+//! Tables and record encodings. Schema version 1.
+//!
+//! ```text
+//! meta           &str                              -> u64
+//! mailboxes      addr bytes                        -> (mailbox_id, last_seq)
+//! mailbox_addrs  mailbox_id                        -> addr bytes
+//! messages       (mailbox_id, seq)                 -> message record
+//! dedup          (message_id, mailbox_id)          -> (seq, expires_at_ms)
+//! expiry         (expires_at_ms, mailbox_id, seq)  -> message_id
+//! recipients     recipient key                     -> (messages, bytes)
+//! hybrid_keys    identity key                      -> hybrid public key
+//! fingerprints   SHA-256(identity key)             -> identity key
+//! ```
+//!
+//! An expiry entry outlives the acknowledgement of its message: it is what finally removes the
+//! dedup entry, so a late retry of an acknowledged message is still recognised.
+
+use ferry_proto::limits::MESSAGE_ID_LEN;
+use ferry_proto::types::{ChannelId, DeviceId, IdentityKey, MailboxAddr, MessageId};
+use redb::TableDefinition;
+
+use crate::StoreError;
+
+/// Schema version this build writes.
+pub(crate) const SCHEMA_VERSION: u64 = 1;
+
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+pub(crate) const MAILBOXES: TableDefinition<'_, &[u8], (u64, u64)> =
+    TableDefinition::new("mailboxes");
+pub(crate) const MAILBOX_ADDRS: TableDefinition<'_, u64, &[u8]> =
+    TableDefinition::new("mailbox_addrs");
+pub(crate) const MESSAGES: TableDefinition<'_, (u64, u64), &[u8]> =
+    TableDefinition::new("messages");
+pub(crate) const DEDUP: TableDefinition<'_, ([u8; MESSAGE_ID_LEN], u64), (u64, u64)> =
+    TableDefinition::new("dedup");
+pub(crate) const EXPIRY: TableDefinition<'_, (u64, u64, u64), [u8; MESSAGE_ID_LEN]> =
+    TableDefinition::new("expiry");
+pub(crate) const RECIPIENTS: TableDefinition<'_, [u8; 32], (u64, u64)> =
+    TableDefinition::new("recipients");
+pub(crate) const HYBRID_KEYS: TableDefinition<'_, [u8; 32], &[u8]> =
+    TableDefinition::new("hybrid_keys");
+pub(crate) const FINGERPRINTS: TableDefinition<'_, [u8; 32], [u8; 32]> =
+    TableDefinition::new("fingerprints");
+
+pub(crate) const META_SCHEMA: &str = "schema_version";
+pub(crate) const META_NEXT_MAILBOX: &str = "next_mailbox_id";
+pub(crate) const META_MESSAGES: &str = "stored_messages";
+pub(crate) const META_BYTES: &str = "stored_bytes";
+pub(crate) const META_EXPIRED: &str = "expired_total";
+
+/// Accounting overhead per stored message on top of its payload: keys, indexes and the record
+/// header. Quotas count `payload + MESSAGE_OVERHEAD`.
+pub(crate) const MESSAGE_OVERHEAD: u64 = 128;
+
+/// Encodes a mailbox address: recipient(32) | channel_len u8 | channel | device_len u8 | device.
+pub(crate) fn encode_addr(addr: &MailboxAddr) -> Vec<u8> {
+    let channel = addr.channel.as_bytes();
+    let device = addr.device.as_bytes();
+    let mut out = Vec::with_capacity(34 + channel.len() + device.len());
+    out.extend_from_slice(addr.recipient.as_bytes());
+    out.push(u8::try_from(channel.len()).unwrap_or(0));
+    out.extend_from_slice(channel);
+    out.push(u8::try_from(device.len()).unwrap_or(0));
+    out.extend_from_slice(device);
+    out
+}
+
+fn corrupt(reason: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        table: "mailbox_addrs",
+        reason,
+    }
+}
+
+/// Decodes [`encode_addr`]'s output.
+pub(crate) fn decode_addr(b: &[u8]) -> Result<MailboxAddr, StoreError> {
+    let (recipient, rest) = b
+        .split_first_chunk::<32>()
+        .ok_or_else(|| corrupt("short recipient"))?;
+    let (&clen, rest) = rest
+        .split_first()
+        .ok_or_else(|| corrupt("no channel length"))?;
+    let (channel, rest) = rest
+        .split_at_checked(usize::from(clen))
+        .ok_or_else(|| corrupt("short channel"))?;
+    let (&dlen, rest) = rest
+        .split_first()
+        .ok_or_else(|| corrupt("no device length"))?;
+    let (device, rest) = rest
+        .split_at_checked(usize::from(dlen))
+        .ok_or_else(|| corrupt("short device"))?;
+    if !rest.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(MailboxAddr {
+        recipient: IdentityKey::from_array(*recipient),
+        channel: ChannelId::from_field(channel, "channel").map_err(|_| corrupt("bad channel"))?,
+        device: DeviceId::from_field(device, "device").map_err(|_| corrupt("bad device"))?,
+    })
+}
+
+const RECORD_V1: u8 = 1;
+const FLAG_SENDER: u8 = 1;
+/// version | enqueued_at_ms | expires_at_ms | message_id | flags
+const RECORD_HEADER: usize = 1 + 8 + 8 + MESSAGE_ID_LEN + 1;
+
+/// A message as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Record<'a> {
+    pub(crate) enqueued_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
+    pub(crate) message_id: MessageId,
+    pub(crate) sender: Option<IdentityKey>,
+    pub(crate) payload: &'a [u8],
+}
+
+impl Record<'_> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let sender_len = if self.sender.is_some() { 32 } else { 0 };
+        let mut out = Vec::with_capacity(RECORD_HEADER + sender_len + self.payload.len());
+        out.push(RECORD_V1);
+        out.extend_from_slice(&self.enqueued_at_ms.to_be_bytes());
+        out.extend_from_slice(&self.expires_at_ms.to_be_bytes());
+        out.extend_from_slice(self.message_id.as_bytes());
+        match &self.sender {
+            Some(s) => {
+                out.push(FLAG_SENDER);
+                out.extend_from_slice(s.as_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(self.payload);
+        out
+    }
+}
+
+fn bad_record(reason: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        table: "messages",
+        reason,
+    }
+}
+
+/// Decodes a stored message record.
+pub(crate) fn decode_record(b: &[u8]) -> Result<Record<'_>, StoreError> {
+    let (&version, rest) = b.split_first().ok_or_else(|| bad_record("empty"))?;
+    if version != RECORD_V1 {
+        return Err(bad_record("unknown record version"));
+    }
+    let (enq, rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or_else(|| bad_record("short header"))?;
+    let (exp, rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or_else(|| bad_record("short header"))?;
+    let (id, rest) = rest
+        .split_first_chunk::<MESSAGE_ID_LEN>()
+        .ok_or_else(|| bad_record("short header"))?;
+    let (&flags, rest) = rest
+        .split_first()
+        .ok_or_else(|| bad_record("short header"))?;
+    let (sender, payload) = if flags & FLAG_SENDER != 0 {
+        let (s, p) = rest
+            .split_first_chunk::<32>()
+            .ok_or_else(|| bad_record("short sender"))?;
+        (Some(IdentityKey::from_array(*s)), p)
+    } else {
+        (None, rest)
+    };
+    Ok(Record {
+        enqueued_at_ms: u64::from_be_bytes(*enq),
+        expires_at_ms: u64::from_be_bytes(*exp),
+        message_id: MessageId::from_array(*id),
+        sender,
+        payload,
+    })
+}
+
+/// Payload length of an encoded record without decoding all of it.
+pub(crate) fn record_payload_len(b: &[u8]) -> Result<u64, StoreError> {
+    decode_record(b).map(|r| r.payload.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrip_and_hostile_bytes() {
+        let r = Record {
+            enqueued_at_ms: 1,
+            expires_at_ms: 2,
+            message_id: MessageId::from_array([3; 16]),
+            sender: Some(IdentityKey::from_array([4; 32])),
+            payload: b"hello",
+        };
+        let enc = r.encode();
+        assert_eq!(decode_record(&enc).unwrap(), r);
+        for cut in 0..enc.len() - 5 {
+            assert!(decode_record(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut v2 = enc.clone();
+        v2[0] = 2;
+        assert!(decode_record(&v2).is_err());
+    }
+
+    #[test]
+    fn addr_roundtrip_and_hostile_bytes() {
+        let a = MailboxAddr {
+            recipient: IdentityKey::from_array([9; 32]),
+            channel: ChannelId::from_array([1; 16]),
+            device: DeviceId::from_field(b"phone", "d").unwrap(),
+        };
+        let enc = encode_addr(&a);
+        assert_eq!(decode_addr(&enc).unwrap(), a);
+        for cut in 0..enc.len() {
+            assert!(decode_addr(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = enc.clone();
+        long.push(0);
+        assert!(decode_addr(&long).is_err());
+    }
+}

@@ -1,0 +1,572 @@
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ferry_proto::types::{
+    Fingerprint, HybridKeyLookup, HybridPublicKey, IdentityKey, MailboxAddr, MessageId,
+};
+use portable_atomic::{AtomicU64, Ordering};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::backend::{CountingBackend, IoCounters};
+use crate::schema::{
+    self, EXPIRY, FINGERPRINTS, HYBRID_KEYS, MAILBOXES, MESSAGES, META, META_BYTES, META_EXPIRED,
+    META_MESSAGES, META_SCHEMA, SCHEMA_VERSION,
+};
+use crate::writer::{self, Job, WriteOp};
+use crate::{Pending, StoreConfig, StoreError};
+
+/// A message to store.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Target mailbox.
+    pub mailbox: MailboxAddr,
+    /// Idempotency key; deduplicated per mailbox until `expires_at_ms`.
+    pub message_id: MessageId,
+    /// The authenticated sender, unless sealed.
+    pub sender: Option<IdentityKey>,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+    /// Acceptance time, unix milliseconds (the store's notion of "now" for this write).
+    pub enqueued_at_ms: u64,
+    /// Absolute expiry, unix milliseconds; must be after `enqueued_at_ms`.
+    pub expires_at_ms: u64,
+}
+
+/// The result of an enqueue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The message's sequence number in its mailbox.
+    pub seq: u64,
+    /// True when the message id was already stored (or acknowledged) in this mailbox; `seq`
+    /// is then the first one assigned and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A message read from a mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Sequence number in the mailbox.
+    pub seq: u64,
+    /// Idempotency key.
+    pub message_id: MessageId,
+    /// The sender the node recorded, if not sealed.
+    pub sender: Option<IdentityKey>,
+    /// Acceptance time, unix milliseconds.
+    pub enqueued_at_ms: u64,
+    /// Absolute expiry, unix milliseconds.
+    pub expires_at_ms: u64,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+}
+
+/// Counters of the writer since the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Durable transactions committed.
+    pub commits: u64,
+    /// Operations answered from committed transactions.
+    pub ops: u64,
+    /// Transactions that failed (each failed all its operations).
+    pub failed_commits: u64,
+    /// Largest number of operations in one commit.
+    pub max_batch: u64,
+    /// Total time spent committing, nanoseconds.
+    pub commit_nanos: u64,
+    /// Operations refused because the writer queue was full.
+    pub busy: u64,
+    /// Bytes handed to the file (what wears flash).
+    pub bytes_written: u64,
+    /// fsync calls.
+    pub syncs: u64,
+    /// Times the database was reopened after an IO failure.
+    pub reopens: u64,
+}
+
+/// A snapshot of what the store holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Messages stored in all mailboxes.
+    pub messages: u64,
+    /// Accounted bytes of those messages.
+    pub bytes: u64,
+    /// Mailboxes ever created.
+    pub mailboxes: u64,
+    /// Messages removed by expiry since the database was created.
+    pub expired_total: u64,
+    /// Acceptance time of the oldest pending expiry entry's message, if any.
+    pub oldest_enqueued_ms: Option<u64>,
+    /// Size of the database file.
+    pub file_bytes: u64,
+    /// Writer counters since open.
+    pub writer: WriterStats,
+}
+
+/// Hook called after every group commit, for metrics. Runs on the writer thread: keep it cheap.
+pub trait CommitObserver: Send + Sync + 'static {
+    /// `ops` operations were committed (or failed, `ok == false`) in `elapsed`.
+    fn committed(&self, ops: usize, elapsed: Duration, ok: bool);
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct WriterCounters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) ops: AtomicU64,
+    pub(crate) failed_commits: AtomicU64,
+    pub(crate) max_batch: AtomicU64,
+    pub(crate) commit_nanos: AtomicU64,
+    pub(crate) busy: AtomicU64,
+    pub(crate) reopens: AtomicU64,
+}
+
+pub(crate) enum Outcome {
+    Enqueued(Enqueued),
+    Batch(Vec<Enqueued>),
+    Acked(u64),
+    Swept(u64),
+    Done,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outcome")
+    }
+}
+
+pub(crate) struct Shared {
+    /// `None` while the database is being reopened after an IO failure.
+    pub(crate) db: RwLock<Option<Arc<Database>>>,
+    pub(crate) path: PathBuf,
+    pub(crate) config: StoreConfig,
+    pub(crate) io: Arc<IoCounters>,
+    pub(crate) counters: WriterCounters,
+    pub(crate) observer: Option<Arc<dyn CommitObserver>>,
+    pub(crate) closed: portable_atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("path", &self.path).finish()
+    }
+}
+
+/// A handle to the store. Cheap to clone; the writer thread stops when [`Store::close`] is
+/// called or the last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: SyncSender<Job>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    }
+}
+
+pub(crate) fn open_database(
+    path: &Path,
+    config: &StoreConfig,
+    io: &Arc<IoCounters>,
+) -> Result<Database, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    let backend = CountingBackend::new(file, Arc::clone(io))?;
+    let db = Database::builder()
+        .set_cache_size(config.cache_bytes)
+        .create_with_backend(backend)?;
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get(META_SCHEMA)?.map(|v| v.value());
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+            }
+        }
+        // Create every table, so read transactions never meet a missing one.
+        txn.open_table(MAILBOXES)?;
+        txn.open_table(schema::MAILBOX_ADDRS)?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(schema::DEDUP)?;
+        txn.open_table(EXPIRY)?;
+        txn.open_table(schema::RECIPIENTS)?;
+        txn.open_table(HYBRID_KEYS)?;
+        txn.open_table(FINGERPRINTS)?;
+    }
+    txn.commit()?;
+    Ok(db)
+}
+
+impl Store {
+    /// Opens (or creates) the database file at `path` and starts the writer thread.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
+        Self::open_with_observer(path, config, None)
+    }
+
+    /// Like [`Store::open`], with a hook called after every commit.
+    pub fn open_with_observer(
+        path: impl AsRef<Path>,
+        config: StoreConfig,
+        observer: Option<Arc<dyn CommitObserver>>,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
+        let io = Arc::new(IoCounters::default());
+        let db = open_database(&path, &config, &io)?;
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
+            config,
+            io,
+            counters: WriterCounters::default(),
+            observer,
+            closed: portable_atomic::AtomicBool::new(false),
+        });
+        let writer_shared = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || writer::run(&writer_shared, &rx))
+            .map_err(|e| io_err(&shared.path, e))?;
+        Ok(Self {
+            shared,
+            tx,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.config
+    }
+
+    fn submit<T>(&self, op: WriteOp, map: fn(Outcome) -> Result<T, StoreError>) -> Pending<T> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { op, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::Busy(self.shared.config.queue_capacity)));
+            }
+            Err(TrySendError::Disconnected(job)) => {
+                let _ = job.reply.send(Err(StoreError::Closed));
+            }
+        }
+        Pending::new(rx, map)
+    }
+
+    /// Stores a message durably, or returns the first result for a repeated message id.
+    pub fn enqueue(&self, message: NewMessage) -> Pending<Enqueued> {
+        self.submit(WriteOp::Enqueue(message), |o| match o {
+            Outcome::Enqueued(e) => Ok(e),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Stores several messages in one all-or-nothing operation (BatchEnqueue). Results are in
+    /// input order.
+    pub fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Pending<Vec<Enqueued>> {
+        self.submit(WriteOp::EnqueueBatch(messages), |o| match o {
+            Outcome::Batch(v) => Ok(v),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Deletes every message of `mailbox` with `seq <= seq_up_to`; returns how many.
+    pub fn ack(&self, mailbox: MailboxAddr, seq_up_to: u64) -> Pending<u64> {
+        self.submit(WriteOp::Ack { mailbox, seq_up_to }, |o| match o {
+            Outcome::Acked(n) => Ok(n),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Stores (replacing) the hybrid public key of an identity.
+    pub fn put_hybrid_key(&self, identity: IdentityKey, key: HybridPublicKey) -> Pending<()> {
+        self.submit(WriteOp::PutHybridKey { identity, key }, |o| match o {
+            Outcome::Done => Ok(()),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Removes what expired at or before `now_ms` (at most `sweep_batch` entries per call);
+    /// returns the number of expired messages removed.
+    pub fn sweep(&self, now_ms: u64) -> Pending<u64> {
+        self.submit(WriteOp::Sweep { now_ms }, |o| match o {
+            Outcome::Swept(n) => Ok(n),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Stops accepting writes, commits what is queued, joins the writer, and releases the
+    /// database file (so it can be opened again, by this process or another). Reads after
+    /// `close` fail with [`StoreError::Closed`].
+    pub fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Job {
+                op: WriteOp::Shutdown,
+                reply,
+            })
+            .is_ok()
+        {
+            let _ = rx.recv();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.shared.closed.store(true, Ordering::Release);
+        if let Ok(mut slot) = self.shared.db.write() {
+            slot.take();
+        }
+    }
+
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.shared
+            .db
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or(StoreError::Unavailable)
+    }
+
+    /// Messages of `mailbox` with `seq > after_seq`, in order, at most `limit` of them and at
+    /// most about `max_bytes` of payload (at least one message if any). Expired messages are
+    /// skipped: they are never delivered, even before the sweep removes them.
+    pub fn fetch(
+        &self,
+        mailbox: &MailboxAddr,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let mailboxes = rtx.open_table(MAILBOXES)?;
+        let Some(entry) = mailboxes.get(schema::encode_addr(mailbox).as_slice())? else {
+            return Ok(Vec::new());
+        };
+        let (id, _) = entry.value();
+        let messages = rtx.open_table(MESSAGES)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let start = after_seq.saturating_add(1);
+        for item in messages.range((id, start)..=(id, u64::MAX))? {
+            if out.len() >= limit as usize {
+                break;
+            }
+            let (k, v) = item?;
+            let (_, seq) = k.value();
+            let r = schema::decode_record(v.value())?;
+            if r.expires_at_ms <= now_ms {
+                continue;
+            }
+            if !out.is_empty() && bytes + r.payload.len() > max_bytes {
+                break;
+            }
+            bytes += r.payload.len();
+            out.push(StoredMessage {
+                seq,
+                message_id: r.message_id,
+                sender: r.sender,
+                enqueued_at_ms: r.enqueued_at_ms,
+                expires_at_ms: r.expires_at_ms,
+                payload: r.payload.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The hybrid key of an identity, looked up by key or fingerprint.
+    pub fn hybrid_key(
+        &self,
+        lookup: &HybridKeyLookup,
+    ) -> Result<Option<(IdentityKey, HybridPublicKey)>, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let identity = match lookup {
+            HybridKeyLookup::Identity(id) => *id,
+            HybridKeyLookup::Fingerprint(fp) => {
+                let fps = rtx.open_table(FINGERPRINTS)?;
+                match fps.get(fp.as_bytes())? {
+                    Some(v) => IdentityKey::from_array(v.value()),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let keys = rtx.open_table(HYBRID_KEYS)?;
+        let found = keys.get(identity.as_bytes())?;
+        match found {
+            Some(v) => {
+                let key = HybridPublicKey::from_field(v.value(), "hybrid_keys").map_err(|_| {
+                    StoreError::Corrupt {
+                        table: "hybrid_keys",
+                        reason: "wrong key length",
+                    }
+                })?;
+                Ok(Some((identity, key)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Hybrid keys of several identities, in order; `None` where missing.
+    pub fn hybrid_keys(
+        &self,
+        identities: &[IdentityKey],
+    ) -> Result<Vec<Option<HybridPublicKey>>, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let keys = rtx.open_table(HYBRID_KEYS)?;
+        identities
+            .iter()
+            .map(|id| {
+                keys.get(id.as_bytes())?
+                    .map(|v| {
+                        HybridPublicKey::from_field(v.value(), "hybrid_keys").map_err(|_| {
+                            StoreError::Corrupt {
+                                table: "hybrid_keys",
+                                reason: "wrong key length",
+                            }
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Fingerprint-to-identity lookup without fetching the key.
+    pub fn identity_by_fingerprint(
+        &self,
+        fp: &Fingerprint,
+    ) -> Result<Option<IdentityKey>, StoreError> {
+        Ok(self
+            .hybrid_key(&HybridKeyLookup::Fingerprint(*fp))?
+            .map(|(id, _)| id))
+    }
+
+    /// Messages stored in all mailboxes (cheap: one counter).
+    pub fn depth(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let meta = rtx.open_table(META)?;
+        Ok(meta.get(META_MESSAGES)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Writer counters only (no database access).
+    pub fn writer_stats(&self) -> WriterStats {
+        let c = &self.shared.counters;
+        WriterStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            ops: c.ops.load(Ordering::Relaxed),
+            failed_commits: c.failed_commits.load(Ordering::Relaxed),
+            max_batch: c.max_batch.load(Ordering::Relaxed),
+            commit_nanos: c.commit_nanos.load(Ordering::Relaxed),
+            busy: c.busy.load(Ordering::Relaxed),
+            bytes_written: self.shared.io.bytes_written.load(Ordering::Relaxed),
+            syncs: self.shared.io.syncs.load(Ordering::Relaxed),
+            reopens: c.reopens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A snapshot of counts, bytes and writer counters.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let meta = rtx.open_table(META)?;
+        let get = |k: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let mailboxes = rtx.open_table(MAILBOXES)?.len()?;
+        // The oldest stored message: the smallest enqueue time among mailbox heads would need
+        // a scan; the expiry index gives the soonest-expiring entry, close enough for a view.
+        let expiry = rtx.open_table(EXPIRY)?;
+        let messages = rtx.open_table(MESSAGES)?;
+        let mut oldest = None;
+        if let Some(first) = expiry.first()? {
+            let (_, mb, seq) = first.0.value();
+            if let Some(v) = messages.get((mb, seq))? {
+                oldest = Some(schema::decode_record(v.value())?.enqueued_at_ms);
+            }
+        }
+        let file_bytes = std::fs::metadata(&self.shared.path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(StoreStats {
+            messages: get(META_MESSAGES)?,
+            bytes: get(META_BYTES)?,
+            mailboxes,
+            expired_total: get(META_EXPIRED)?,
+            oldest_enqueued_ms: oldest,
+            file_bytes,
+            writer: self.writer_stats(),
+        })
+    }
+}
+
+impl Shared {
+    /// Drops the poisoned database and opens the file again. Waits briefly for readers to let
+    /// go of the old handle; on failure the store stays unavailable until the next attempt.
+    pub(crate) fn reopen(&self) -> Result<Arc<Database>, StoreError> {
+        let mut slot = self.db.write().map_err(|_| StoreError::Unavailable)?;
+        if let Some(old) = slot.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut old = Some(old);
+            while let Some(o) = old.take() {
+                match Arc::try_unwrap(o) {
+                    Ok(db) => drop(db),
+                    Err(o) if Instant::now() < deadline => {
+                        old = Some(o);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(o) => {
+                        // A reader still holds it; it closes when that reader finishes.
+                        drop(o);
+                        return Err(StoreError::Unavailable);
+                    }
+                }
+            }
+        }
+        let db = Arc::new(open_database(&self.path, &self.config, &self.io)?);
+        self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(Arc::clone(&db));
+        tracing::info!(path = %self.path.display(), "database reopened after an IO failure");
+        Ok(db)
+    }
+
+    pub(crate) fn current_db(&self) -> Option<Arc<Database>> {
+        self.db.read().ok().and_then(|g| g.clone())
+    }
+}

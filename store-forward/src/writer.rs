@@ -1,0 +1,508 @@
+//! The single writer: group commit.
+//!
+//! The loop blocks for one operation, then takes whatever else is already queued (no waiting
+//! for more: while one commit is in fsync, the next batch queues up by itself), applies all of
+//! it in one write transaction, commits it durably, and only then answers every operation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use ferry_proto::types::{HybridPublicKey, IdentityKey, MailboxAddr};
+use portable_atomic::Ordering;
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+
+use crate::schema::{
+    self, DEDUP, EXPIRY, FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD,
+    MESSAGES, META, META_BYTES, META_EXPIRED, META_MESSAGES, META_NEXT_MAILBOX, RECIPIENTS, Record,
+};
+use crate::store::{Enqueued, NewMessage, Outcome, Shared};
+use crate::{QuotaScope, StoreConfig, StoreError};
+
+pub(crate) enum WriteOp {
+    Enqueue(NewMessage),
+    EnqueueBatch(Vec<NewMessage>),
+    Ack {
+        mailbox: MailboxAddr,
+        seq_up_to: u64,
+    },
+    PutHybridKey {
+        identity: IdentityKey,
+        key: HybridPublicKey,
+    },
+    Sweep {
+        now_ms: u64,
+    },
+    Shutdown,
+}
+
+impl WriteOp {
+    fn payload_bytes(&self) -> usize {
+        match self {
+            WriteOp::Enqueue(m) => m.payload.len(),
+            WriteOp::EnqueueBatch(v) => v.iter().map(|m| m.payload.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+pub(crate) struct Job {
+    pub(crate) op: WriteOp,
+    pub(crate) reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// Why an operation did not apply.
+enum ApplyError {
+    /// Refused before anything of it was written; the rest of the batch proceeds.
+    Refused(StoreError),
+    /// The transaction is unusable; the whole batch fails.
+    Fatal(StoreError),
+}
+
+impl<E: Into<StoreError>> From<E> for ApplyError {
+    fn from(e: E) -> Self {
+        ApplyError::Fatal(e.into())
+    }
+}
+
+pub(crate) fn run(shared: &Arc<Shared>, rx: &Receiver<Job>) {
+    let cfg = &shared.config;
+    let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_ops);
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
+        let mut bytes = first.op.payload_bytes();
+        batch.push(first);
+        while batch.len() < cfg.max_batch_ops && bytes < cfg.max_batch_bytes {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes += job.op.payload_bytes();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        // Everything queued before a shutdown is still committed; nothing after it is taken.
+        if let Some(pos) = batch.iter().position(|j| matches!(j.op, WriteOp::Shutdown)) {
+            stopping = true;
+            for late in batch.drain(pos + 1..) {
+                let _ = late.reply.send(Err(StoreError::Closed));
+            }
+        }
+        commit_batch(shared, &mut batch);
+    }
+    // Operations queued after shutdown are refused by the dropped receiver.
+}
+
+fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
+    let started = Instant::now();
+    let ops = batch.len();
+    let db = match shared.current_db() {
+        Some(db) => Ok(db),
+        None => shared.reopen(),
+    };
+    let result = db.and_then(|db| apply_all(&db, &shared.config, batch));
+    let ok = result.is_ok();
+    let elapsed = started.elapsed();
+    let c = &shared.counters;
+    match result {
+        Ok(outcomes) => {
+            c.commits.fetch_add(1, Ordering::Relaxed);
+            c.ops.fetch_add(ops as u64, Ordering::Relaxed);
+            c.max_batch.fetch_max(ops as u64, Ordering::Relaxed);
+            c.commit_nanos.fetch_add(
+                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = job.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            c.failed_commits.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, ops, "group commit failed; nothing of it was stored");
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            // redb refuses all further use of a handle after an IO error; open the file again
+            // so the node recovers once the cause (a full disk, say) is gone.
+            if matches!(
+                e,
+                StoreError::DiskFull(_) | StoreError::Unavailable | StoreError::Db(_)
+            ) && let Err(re) = shared.reopen()
+            {
+                tracing::warn!(error = %re, "reopening the database failed; will retry on the next write");
+            }
+        }
+    }
+    if let Some(obs) = &shared.observer {
+        obs.committed(ops, elapsed, ok);
+    }
+}
+
+type Outcomes = Vec<Result<Outcome, StoreError>>;
+
+fn apply_all(db: &Database, cfg: &StoreConfig, batch: &[Job]) -> Result<Outcomes, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut t = Tables::open(&txn)?;
+        for job in batch {
+            match apply(&mut t, cfg, &job.op) {
+                Ok(o) => outcomes.push(Ok(o)),
+                Err(ApplyError::Refused(e)) => outcomes.push(Err(e)),
+                Err(ApplyError::Fatal(e)) => return Err(e),
+            }
+        }
+        t.flush_meta()?;
+    }
+    txn.commit()?;
+    Ok(outcomes)
+}
+
+fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome, ApplyError> {
+    match op {
+        WriteOp::Enqueue(m) => {
+            let mut v = t.enqueue_all(cfg, std::slice::from_ref(m))?;
+            match v.pop() {
+                Some(e) => Ok(Outcome::Enqueued(e)),
+                None => Err(ApplyError::Fatal(StoreError::Closed)),
+            }
+        }
+        WriteOp::EnqueueBatch(ms) => Ok(Outcome::Batch(t.enqueue_all(cfg, ms)?)),
+        WriteOp::Ack { mailbox, seq_up_to } => Ok(Outcome::Acked(t.ack(mailbox, *seq_up_to)?)),
+        WriteOp::PutHybridKey { identity, key } => {
+            t.hybrid
+                .insert(identity.as_bytes(), key.as_bytes().as_slice())?;
+            t.fingerprints
+                .insert(identity.fingerprint().as_bytes(), identity.as_bytes())?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::Sweep { now_ms } => Ok(Outcome::Swept(t.sweep(*now_ms, cfg.sweep_batch)?)),
+        WriteOp::Shutdown => Ok(Outcome::Done),
+    }
+}
+
+/// Node-wide counters, read at the start of a transaction and written once at its end.
+struct Meta {
+    messages: u64,
+    bytes: u64,
+    next_mailbox: u64,
+    expired: u64,
+    dirty: bool,
+}
+
+pub(crate) struct Tables<'t> {
+    meta_table: Table<'t, &'static str, u64>,
+    meta: Meta,
+    mailboxes: Table<'t, &'static [u8], (u64, u64)>,
+    addrs: Table<'t, u64, &'static [u8]>,
+    messages: Table<'t, (u64, u64), &'static [u8]>,
+    dedup: Table<'t, ([u8; 16], u64), (u64, u64)>,
+    expiry: Table<'t, (u64, u64, u64), [u8; 16]>,
+    recipients: Table<'t, [u8; 32], (u64, u64)>,
+    hybrid: Table<'t, [u8; 32], &'static [u8]>,
+    fingerprints: Table<'t, [u8; 32], [u8; 32]>,
+    swept_this_txn: bool,
+}
+
+fn cost(payload_len: usize) -> u64 {
+    payload_len as u64 + MESSAGE_OVERHEAD
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        let meta_table = txn.open_table(META)?;
+        let get = |k: &str| -> Result<u64, StoreError> {
+            Ok(meta_table.get(k)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let meta = Meta {
+            messages: get(META_MESSAGES)?,
+            bytes: get(META_BYTES)?,
+            next_mailbox: get(META_NEXT_MAILBOX)?.max(1),
+            expired: get(META_EXPIRED)?,
+            dirty: false,
+        };
+        Ok(Self {
+            meta_table,
+            meta,
+            mailboxes: txn.open_table(MAILBOXES)?,
+            addrs: txn.open_table(MAILBOX_ADDRS)?,
+            messages: txn.open_table(MESSAGES)?,
+            dedup: txn.open_table(DEDUP)?,
+            expiry: txn.open_table(EXPIRY)?,
+            recipients: txn.open_table(RECIPIENTS)?,
+            hybrid: txn.open_table(HYBRID_KEYS)?,
+            fingerprints: txn.open_table(FINGERPRINTS)?,
+            swept_this_txn: false,
+        })
+    }
+
+    fn flush_meta(&mut self) -> Result<(), StoreError> {
+        if self.meta.dirty {
+            self.meta_table.insert(META_MESSAGES, self.meta.messages)?;
+            self.meta_table.insert(META_BYTES, self.meta.bytes)?;
+            self.meta_table
+                .insert(META_NEXT_MAILBOX, self.meta.next_mailbox)?;
+            self.meta_table.insert(META_EXPIRED, self.meta.expired)?;
+        }
+        Ok(())
+    }
+
+    fn mailbox(&self, addr_bytes: &[u8]) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self.mailboxes.get(addr_bytes)?.map(|v| v.value()))
+    }
+
+    fn usage(&self, recipient: &IdentityKey) -> Result<(u64, u64), StoreError> {
+        Ok(self
+            .recipients
+            .get(recipient.as_bytes())?
+            .map(|v| v.value())
+            .unwrap_or((0, 0)))
+    }
+
+    /// Removes one message from the accounting of its recipient and the node.
+    fn uncount(&mut self, mailbox_id: u64, payload_len: u64) -> Result<(), StoreError> {
+        let recipient = match self.addrs.get(mailbox_id)? {
+            Some(a) => schema::decode_addr(a.value())?.recipient,
+            None => {
+                return Err(StoreError::Corrupt {
+                    table: "mailbox_addrs",
+                    reason: "message of an unknown mailbox",
+                });
+            }
+        };
+        let c = payload_len + MESSAGE_OVERHEAD;
+        let (n, b) = self.usage(&recipient)?;
+        let (n, b) = (n.saturating_sub(1), b.saturating_sub(c));
+        if n == 0 {
+            self.recipients.remove(recipient.as_bytes())?;
+        } else {
+            self.recipients.insert(recipient.as_bytes(), (n, b))?;
+        }
+        self.meta.messages = self.meta.messages.saturating_sub(1);
+        self.meta.bytes = self.meta.bytes.saturating_sub(c);
+        self.meta.dirty = true;
+        Ok(())
+    }
+
+    /// Removes an expiry entry, its dedup entry, and its message if still stored.
+    fn expire_entry(
+        &mut self,
+        expires_at: u64,
+        mailbox_id: u64,
+        seq: u64,
+        message_id: [u8; 16],
+    ) -> Result<bool, StoreError> {
+        self.expiry.remove((expires_at, mailbox_id, seq))?;
+        let dedup_matches = self
+            .dedup
+            .get((message_id, mailbox_id))?
+            .is_some_and(|v| v.value().0 == seq);
+        if dedup_matches {
+            self.dedup.remove((message_id, mailbox_id))?;
+        }
+        let removed = self
+            .messages
+            .remove((mailbox_id, seq))?
+            .map(|v| schema::record_payload_len(v.value()))
+            .transpose()?;
+        match removed {
+            Some(len) => {
+                self.uncount(mailbox_id, len)?;
+                self.meta.expired += 1;
+                self.meta.dirty = true;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Expires up to `limit` entries due at or before `now_ms`; returns messages removed.
+    fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        let mut due = Vec::new();
+        for item in self.expiry.range(..=(now_ms, u64::MAX, u64::MAX))? {
+            if due.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            due.push((k.value(), v.value()));
+        }
+        let mut removed = 0;
+        for ((exp, mb, seq), id) in due {
+            if self.expire_entry(exp, mb, seq, id)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Sweeps once per transaction when space is short: expired data goes first.
+    fn sweep_for_space(&mut self, now_ms: u64, limit: usize) -> Result<(), StoreError> {
+        if !self.swept_this_txn {
+            self.swept_this_txn = true;
+            self.sweep(now_ms, limit)?;
+        }
+        Ok(())
+    }
+
+    fn check_quota(
+        &mut self,
+        cfg: &StoreConfig,
+        now_ms: u64,
+        total: u64,
+        per_recipient: &HashMap<IdentityKey, (u64, u64)>,
+    ) -> Result<(), ApplyError> {
+        let refuse = |scope, limit| {
+            Err(ApplyError::Refused(StoreError::QuotaExceeded {
+                scope,
+                limit,
+            }))
+        };
+        for attempt in 0..2 {
+            let mut over = None;
+            if self.meta.bytes.saturating_add(total) > cfg.max_total_bytes {
+                over = Some((QuotaScope::GlobalBytes, cfg.max_total_bytes));
+            }
+            for (r, (n, b)) in per_recipient {
+                let (un, ub) = self.usage(r)?;
+                if un.saturating_add(*n) > cfg.max_recipient_messages {
+                    over = over.or(Some((
+                        QuotaScope::RecipientMessages,
+                        cfg.max_recipient_messages,
+                    )));
+                } else if ub.saturating_add(*b) > cfg.max_recipient_bytes {
+                    over = over.or(Some((QuotaScope::RecipientBytes, cfg.max_recipient_bytes)));
+                }
+            }
+            match over {
+                None => return Ok(()),
+                Some((scope, limit)) if attempt == 1 || self.swept_this_txn => {
+                    return refuse(scope, limit);
+                }
+                Some(_) => self.sweep_for_space(now_ms, cfg.sweep_batch)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks up a live dedup entry; an expired one is expired on the spot.
+    fn live_duplicate(
+        &mut self,
+        m: &NewMessage,
+        mailbox_id: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = (*m.message_id.as_bytes(), mailbox_id);
+        let Some((seq, exp)) = self.dedup.get(key)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        if exp > m.enqueued_at_ms {
+            return Ok(Some(seq));
+        }
+        self.expire_entry(exp, mailbox_id, seq, *m.message_id.as_bytes())?;
+        Ok(None)
+    }
+
+    /// All-or-nothing: quotas are checked for the whole set before anything is written.
+    fn enqueue_all(
+        &mut self,
+        cfg: &StoreConfig,
+        ms: &[NewMessage],
+    ) -> Result<Vec<Enqueued>, ApplyError> {
+        let mut total = 0u64;
+        let mut per_recipient: HashMap<IdentityKey, (u64, u64)> = HashMap::new();
+        let mut now_ms = 0;
+        for m in ms {
+            if m.expires_at_ms <= m.enqueued_at_ms {
+                return Err(ApplyError::Refused(StoreError::Expired));
+            }
+            now_ms = now_ms.max(m.enqueued_at_ms);
+            let addr = schema::encode_addr(&m.mailbox);
+            if let Some((id, _)) = self.mailbox(&addr)?
+                && self.live_duplicate(m, id)?.is_some()
+            {
+                continue;
+            }
+            let c = cost(m.payload.len());
+            total += c;
+            let e = per_recipient.entry(m.mailbox.recipient).or_default();
+            e.0 += 1;
+            e.1 += c;
+        }
+        if total > 0 {
+            self.check_quota(cfg, now_ms, total, &per_recipient)?;
+        }
+        let mut out = Vec::with_capacity(ms.len());
+        for m in ms {
+            out.push(self.insert(m)?);
+        }
+        Ok(out)
+    }
+
+    fn insert(&mut self, m: &NewMessage) -> Result<Enqueued, StoreError> {
+        let addr = schema::encode_addr(&m.mailbox);
+        let (id, last_seq) = match self.mailbox(&addr)? {
+            Some(v) => v,
+            None => {
+                let id = self.meta.next_mailbox;
+                self.meta.next_mailbox += 1;
+                self.meta.dirty = true;
+                self.addrs.insert(id, addr.as_slice())?;
+                (id, 0)
+            }
+        };
+        if let Some(seq) = self.live_duplicate(m, id)? {
+            return Ok(Enqueued {
+                seq,
+                duplicate: true,
+            });
+        }
+        let seq = last_seq + 1;
+        let record = Record {
+            enqueued_at_ms: m.enqueued_at_ms,
+            expires_at_ms: m.expires_at_ms,
+            message_id: m.message_id,
+            sender: m.sender,
+            payload: &m.payload,
+        }
+        .encode();
+        self.mailboxes.insert(addr.as_slice(), (id, seq))?;
+        self.messages.insert((id, seq), record.as_slice())?;
+        self.dedup
+            .insert((*m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
+        self.expiry
+            .insert((m.expires_at_ms, id, seq), *m.message_id.as_bytes())?;
+        let c = cost(m.payload.len());
+        let (n, b) = self.usage(&m.mailbox.recipient)?;
+        self.recipients
+            .insert(m.mailbox.recipient.as_bytes(), (n + 1, b + c))?;
+        self.meta.messages += 1;
+        self.meta.bytes += c;
+        self.meta.dirty = true;
+        Ok(Enqueued {
+            seq,
+            duplicate: false,
+        })
+    }
+
+    fn ack(&mut self, mailbox: &MailboxAddr, seq_up_to: u64) -> Result<u64, StoreError> {
+        let addr = schema::encode_addr(mailbox);
+        let Some((id, _)) = self.mailbox(&addr)? else {
+            return Ok(0);
+        };
+        let mut lens = Vec::new();
+        for item in self
+            .messages
+            .extract_from_if((id, 0)..=(id, seq_up_to), |_, _| true)?
+        {
+            let (_, v) = item?;
+            lens.push(schema::record_payload_len(v.value())?);
+        }
+        for len in &lens {
+            self.uncount(id, *len)?;
+        }
+        Ok(lens.len() as u64)
+    }
+}

@@ -1,0 +1,464 @@
+//! Behaviour of the store, one property per test.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ferry_proto::types::{HybridKeyLookup, HybridPublicKey};
+use ferry_store::{CommitObserver, QuotaScope, Store, StoreConfig, StoreError};
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(dir.path().join("ferry.redb"), StoreConfig::default()).unwrap()
+}
+
+fn all(store: &Store, mb: &ferry_proto::types::MailboxAddr, now: u64) -> Vec<(u64, Vec<u8>)> {
+    store
+        .fetch(mb, 0, 10_000, usize::MAX, now)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.seq, m.payload))
+        .collect()
+}
+
+#[test]
+fn enqueue_assigns_monotonic_seqs_per_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = s
+        .enqueue(msg(mailbox(1), 1, b"a", T0, HOUR))
+        .wait()
+        .unwrap();
+    let b = s
+        .enqueue(msg(mailbox(1), 2, b"b", T0, HOUR))
+        .wait()
+        .unwrap();
+    let c = s
+        .enqueue(msg(mailbox(2), 3, b"c", T0, HOUR))
+        .wait()
+        .unwrap();
+    let d = s
+        .enqueue(msg(mailbox_on(1, 9, b"phone"), 4, b"d", T0, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!((a.seq, b.seq, c.seq, d.seq), (1, 2, 1, 1));
+    assert!(!a.duplicate && !b.duplicate);
+    assert_eq!(
+        all(&s, &mailbox(1), T0),
+        vec![(1, b"a".to_vec()), (2, b"b".to_vec())]
+    );
+    assert_eq!(
+        all(&s, &mailbox_on(1, 9, b"phone"), T0),
+        vec![(1, b"d".to_vec())]
+    );
+    let m = &s.fetch(&mailbox(1), 0, 1, usize::MAX, T0).unwrap()[0];
+    assert_eq!(m.message_id, mid(1));
+    assert_eq!(m.sender, Some(user(200)));
+    assert_eq!(m.enqueued_at_ms, T0);
+    assert_eq!(m.expires_at_ms, T0 + HOUR);
+}
+
+#[test]
+fn retry_returns_first_seq_and_stores_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let first = s
+        .enqueue(msg(mailbox(1), 7, b"x", T0, HOUR))
+        .wait()
+        .unwrap();
+    s.enqueue(msg(mailbox(1), 8, b"y", T0, HOUR))
+        .wait()
+        .unwrap();
+    let again = s
+        .enqueue(msg(mailbox(1), 7, b"different payload", T0 + 5, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!(again.seq, first.seq);
+    assert!(again.duplicate);
+    assert_eq!(all(&s, &mailbox(1), T0).len(), 2);
+    assert_eq!(s.depth().unwrap(), 2);
+    // The same id to another mailbox is a different message.
+    let other = s
+        .enqueue(msg(mailbox(2), 7, b"x", T0, HOUR))
+        .wait()
+        .unwrap();
+    assert!(!other.duplicate);
+}
+
+#[test]
+fn dedup_survives_ack_until_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let e = s
+        .enqueue(msg(mailbox(1), 1, b"x", T0, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!(s.ack(mailbox(1), e.seq).wait().unwrap(), 1);
+    assert!(all(&s, &mailbox(1), T0).is_empty());
+    // A late retry of an acknowledged message is not stored again.
+    let retry = s
+        .enqueue(msg(mailbox(1), 1, b"x", T0 + 10, HOUR))
+        .wait()
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, e.seq);
+    assert!(all(&s, &mailbox(1), T0).is_empty());
+    // After expiry the id is forgotten and a new message with it is accepted.
+    assert_eq!(s.sweep(T0 + HOUR).wait().unwrap(), 0);
+    let later = s
+        .enqueue(msg(mailbox(1), 1, b"x", T0 + 2 * HOUR, HOUR))
+        .wait()
+        .unwrap();
+    assert!(!later.duplicate);
+    assert_eq!(later.seq, 2, "seqs are never reused");
+}
+
+#[test]
+fn fetch_after_cursor_limit_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for i in 1..=10u64 {
+        s.enqueue(msg(mailbox(1), i, &[i as u8; 100], T0, HOUR))
+            .wait()
+            .unwrap();
+    }
+    let page = s.fetch(&mailbox(1), 3, 4, usize::MAX, T0).unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    let page = s.fetch(&mailbox(1), 0, 100, 250, T0).unwrap();
+    assert_eq!(page.len(), 2, "byte budget bounds a page");
+    let page = s.fetch(&mailbox(1), 0, 100, 10, T0).unwrap();
+    assert_eq!(page.len(), 1, "at least one message even over the budget");
+    assert!(
+        s.fetch(&mailbox(1), 10, 100, usize::MAX, T0)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.fetch(&mailbox(9), 0, 100, usize::MAX, T0)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn ack_deletes_up_to_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for i in 1..=5u64 {
+        s.enqueue(msg(mailbox(1), i, b"p", T0, HOUR))
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(s.ack(mailbox(1), 3).wait().unwrap(), 3);
+    assert_eq!(s.ack(mailbox(1), 3).wait().unwrap(), 0);
+    assert_eq!(s.ack(mailbox(2), 3).wait().unwrap(), 0);
+    assert_eq!(
+        all(&s, &mailbox(1), T0)
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert_eq!(s.ack(mailbox(1), u64::MAX).wait().unwrap(), 2);
+    assert_eq!(s.depth().unwrap(), 0);
+    let st = s.stats().unwrap();
+    assert_eq!((st.messages, st.bytes), (0, 0));
+}
+
+#[test]
+fn expired_messages_are_never_delivered_and_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.enqueue(msg(mailbox(1), 1, b"short", T0, 1_000))
+        .wait()
+        .unwrap();
+    s.enqueue(msg(mailbox(1), 2, b"long", T0, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!(all(&s, &mailbox(1), T0).len(), 2);
+    // Past expiry, before any sweep: not delivered.
+    assert_eq!(
+        all(&s, &mailbox(1), T0 + 1_000),
+        vec![(2, b"long".to_vec())]
+    );
+    assert_eq!(s.sweep(T0 + 1_000).wait().unwrap(), 1);
+    let st = s.stats().unwrap();
+    assert_eq!(st.messages, 1);
+    assert_eq!(st.expired_total, 1);
+    assert!(matches!(
+        s.enqueue(msg(mailbox(1), 3, b"x", T0, 0)).wait(),
+        Err(StoreError::Expired)
+    ));
+}
+
+#[test]
+fn quotas_refuse_without_harming_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: 10 * (100 + 128),
+        max_recipient_messages: 4,
+        max_recipient_bytes: 3 * (200 + 128),
+        ..StoreConfig::default()
+    };
+    let s = Store::open(dir.path().join("q.redb"), cfg).unwrap();
+    for i in 1..=4u64 {
+        s.enqueue(msg(mailbox(1), i, &[1; 100], T0, HOUR))
+            .wait()
+            .unwrap();
+    }
+    match s.enqueue(msg(mailbox(1), 5, &[1; 100], T0, HOUR)).wait() {
+        Err(StoreError::QuotaExceeded {
+            scope: QuotaScope::RecipientMessages,
+            limit: 4,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // A retry of a stored message still answers, quota or not.
+    assert!(
+        s.enqueue(msg(mailbox(1), 4, &[1; 100], T0, HOUR))
+            .wait()
+            .unwrap()
+            .duplicate
+    );
+    // Per-recipient bytes.
+    s.enqueue(msg(mailbox(2), 10, &[2; 200], T0, HOUR))
+        .wait()
+        .unwrap();
+    s.enqueue(msg(mailbox(2), 11, &[2; 200], T0, HOUR))
+        .wait()
+        .unwrap();
+    s.enqueue(msg(mailbox(2), 12, &[2; 200], T0, HOUR))
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        s.enqueue(msg(mailbox(2), 13, &[2; 1], T0, HOUR)).wait(),
+        Err(StoreError::QuotaExceeded {
+            scope: QuotaScope::RecipientBytes,
+            ..
+        })
+    ));
+    // Global budget.
+    let mut n = 20;
+    let err = loop {
+        n += 1;
+        match s
+            .enqueue(msg(mailbox(n as u8), n, &[3; 100], T0, HOUR))
+            .wait()
+        {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(
+        err,
+        StoreError::QuotaExceeded {
+            scope: QuotaScope::GlobalBytes,
+            ..
+        }
+    ));
+    assert!(err.is_exhausted());
+    // Nothing stored was harmed.
+    assert_eq!(all(&s, &mailbox(1), T0).len(), 4);
+    assert_eq!(all(&s, &mailbox(2), T0).len(), 3);
+    // Acknowledging frees room.
+    s.ack(mailbox(1), 4).wait().unwrap();
+    s.enqueue(msg(mailbox(1), 5, &[1; 100], T0, HOUR))
+        .wait()
+        .unwrap();
+}
+
+#[test]
+fn expired_data_goes_first_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: 3 * (100 + 128),
+        ..StoreConfig::default()
+    };
+    let s = Store::open(dir.path().join("q.redb"), cfg).unwrap();
+    for i in 1..=3u64 {
+        s.enqueue(msg(mailbox(1), i, &[1; 100], T0, 1_000))
+            .wait()
+            .unwrap();
+    }
+    // Full, but all of it has expired by now: the enqueue sweeps and succeeds.
+    let e = s
+        .enqueue(msg(mailbox(2), 9, &[1; 100], T0 + 2_000, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!(e.seq, 1);
+    let st = s.stats().unwrap();
+    assert_eq!((st.messages, st.expired_total), (1, 3));
+}
+
+#[test]
+fn batch_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_recipient_messages: 2,
+        ..StoreConfig::default()
+    };
+    let s = Store::open(dir.path().join("b.redb"), cfg).unwrap();
+    s.enqueue(msg(mailbox(3), 1, b"a", T0, HOUR))
+        .wait()
+        .unwrap();
+    s.enqueue(msg(mailbox(3), 2, b"b", T0, HOUR))
+        .wait()
+        .unwrap();
+    let batch = |id| {
+        vec![
+            msg(mailbox(1), id, b"x", T0, HOUR),
+            msg(mailbox(3), id, b"x", T0, HOUR),
+        ]
+    };
+    assert!(matches!(
+        s.enqueue_batch(batch(10)).wait(),
+        Err(StoreError::QuotaExceeded { .. })
+    ));
+    assert!(all(&s, &mailbox(1), T0).is_empty(), "no partial batch");
+    s.ack(mailbox(3), 2).wait().unwrap();
+    let r = s.enqueue_batch(batch(10)).wait().unwrap();
+    assert_eq!(
+        r.iter().map(|e| (e.seq, e.duplicate)).collect::<Vec<_>>(),
+        vec![(1, false), (3, false)]
+    );
+    let r = s.enqueue_batch(batch(10)).wait().unwrap();
+    assert!(r.iter().all(|e| e.duplicate));
+}
+
+#[test]
+fn hybrid_keys_by_identity_and_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let key = HybridPublicKey::from_field(&[7u8; 1216], "k").unwrap();
+    assert!(
+        s.hybrid_key(&HybridKeyLookup::Identity(user(1)))
+            .unwrap()
+            .is_none()
+    );
+    s.put_hybrid_key(user(1), key.clone()).wait().unwrap();
+    let (id, k) = s
+        .hybrid_key(&HybridKeyLookup::Fingerprint(user(1).fingerprint()))
+        .unwrap()
+        .unwrap();
+    assert_eq!((id, k), (user(1), key.clone()));
+    let key2 = HybridPublicKey::from_field(&[8u8; 1216], "k").unwrap();
+    s.put_hybrid_key(user(1), key2.clone()).wait().unwrap();
+    let got = s.hybrid_keys(&[user(2), user(1)]).unwrap();
+    assert_eq!(got, vec![None, Some(key2)]);
+}
+
+#[test]
+fn everything_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    {
+        let s = Store::open(&path, StoreConfig::default()).unwrap();
+        for i in 1..=3u64 {
+            s.enqueue(msg(mailbox(1), i, b"p", T0, HOUR))
+                .wait()
+                .unwrap();
+        }
+        s.ack(mailbox(1), 1).wait().unwrap();
+        s.close();
+    }
+    let s = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(
+        all(&s, &mailbox(1), T0)
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert!(
+        s.enqueue(msg(mailbox(1), 1, b"p", T0, HOUR))
+            .wait()
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(
+        s.enqueue(msg(mailbox(1), 4, b"p", T0, HOUR))
+            .wait()
+            .unwrap()
+            .seq,
+        4
+    );
+}
+
+#[test]
+fn closed_store_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.close();
+    assert!(matches!(
+        s.enqueue(msg(mailbox(1), 1, b"p", T0, HOUR)).wait(),
+        Err(StoreError::Closed)
+    ));
+}
+
+#[derive(Default)]
+struct Count(std::sync::Mutex<Vec<usize>>);
+impl CommitObserver for Count {
+    fn committed(&self, ops: usize, _elapsed: Duration, ok: bool) {
+        assert!(ok);
+        self.0.lock().unwrap().push(ops);
+    }
+}
+
+#[test]
+fn concurrent_writers_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let obs = Arc::new(Count::default());
+    let s = Store::open_with_observer(
+        dir.path().join("g.redb"),
+        StoreConfig::default(),
+        Some(obs.clone()),
+    )
+    .unwrap();
+    let threads = 16u64;
+    let per = 50u64;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let s = s.clone();
+            scope.spawn(move || {
+                // Submit a window of writes before waiting, as the node does.
+                let pending: Vec<_> = (0..per)
+                    .map(|i| s.enqueue(msg(mailbox(t as u8), t * 1000 + i, b"p", T0, HOUR)))
+                    .collect();
+                for p in pending {
+                    p.wait().unwrap();
+                }
+            });
+        }
+    });
+    let w = s.writer_stats();
+    assert_eq!(w.ops, threads * per);
+    assert!(w.commits < w.ops / 4, "group commit batches writes: {w:?}");
+    assert!(w.max_batch > 1);
+    assert!(w.syncs >= w.commits, "every commit is fsync'd: {w:?}");
+    assert!(w.bytes_written > 0);
+    let seen = obs.0.lock().unwrap();
+    assert_eq!(seen.iter().sum::<usize>() as u64, threads * per);
+    for t in 0..threads {
+        assert_eq!(all(&s, &mailbox(t as u8), T0).len() as u64, per);
+    }
+}
+
+#[test]
+fn close_releases_the_file_for_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.redb");
+    let first = Store::open(&path, StoreConfig::default()).unwrap();
+    first
+        .enqueue(msg(mailbox(1), 1, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    first.close();
+    // `first` is still alive here, yet the file is free.
+    let second = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(second.depth().unwrap(), 1);
+    assert!(matches!(first.depth(), Err(StoreError::Closed)));
+}
