@@ -9,10 +9,10 @@ use sha2::{Digest, Sha256};
 
 use crate::ProtoError;
 use crate::limits::{
-    CHANNEL_ID_LEN, DEFAULT_FETCH_LIMIT, DEFAULT_TTL_SECS, FINGERPRINT_LEN, HYBRID_PUBLIC_KEY_LEN,
-    IDENTITY_KEY_LEN, MAX_BATCH_RECIPIENTS, MAX_DEVICE_ID_LEN, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS,
-    MAX_KEYS_PER_FETCH, MAX_MESSAGE_LEN, MESSAGE_ID_LEN, NONCE_LEN, SESSION_TOKEN_LEN,
-    SIGNATURE_LEN,
+    CHANNEL_ID_LEN, DEFAULT_FETCH_LIMIT, FINGERPRINT_LEN, HYBRID_PUBLIC_KEY_LEN, IDENTITY_KEY_LEN,
+    MAX_BATCH_RECIPIENTS, MAX_DEVICE_ID_LEN, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS,
+    MAX_KEYS_PER_FETCH, MAX_MESSAGE_LEN, MESSAGE_ID_LEN, MLKEM768_EK_LEN, NONCE_LEN,
+    SESSION_TOKEN_LEN, SIGNATURE_LEN, X25519_PUBLIC_LEN,
 };
 use crate::qpq::v1 as pb;
 
@@ -324,9 +324,32 @@ impl HybridPublicKey {
         Ok(Self(boxed))
     }
 
+    /// Joins the two public keys.
+    pub fn from_parts(x25519: &[u8; X25519_PUBLIC_LEN], mlkem768: &[u8; MLKEM768_EK_LEN]) -> Self {
+        let mut key = Box::new([0u8; HYBRID_PUBLIC_KEY_LEN]);
+        let (x, k) = key.split_at_mut(X25519_PUBLIC_LEN);
+        x.copy_from_slice(x25519);
+        k.copy_from_slice(mlkem768);
+        Self(key)
+    }
+
     /// The raw key.
     pub fn as_bytes(&self) -> &[u8; HYBRID_PUBLIC_KEY_LEN] {
         &self.0
+    }
+
+    /// The X25519 part.
+    pub fn x25519(&self) -> [u8; X25519_PUBLIC_LEN] {
+        let (x, _) = self.0.split_at(X25519_PUBLIC_LEN);
+        let mut out = [0u8; X25519_PUBLIC_LEN];
+        out.copy_from_slice(x);
+        out
+    }
+
+    /// The ML-KEM-768 encapsulation key part.
+    pub fn mlkem768(&self) -> &[u8] {
+        let (_, k) = self.0.split_at(X25519_PUBLIC_LEN);
+        k
     }
 }
 
@@ -357,11 +380,16 @@ impl fmt::Debug for SessionToken {
     }
 }
 
-/// Resolves a requested TTL: 0 means `DEFAULT_TTL_SECS` (capped at the node maximum); above
-/// the node maximum is an error, so a client never believes in retention it will not get.
-pub fn resolve_ttl(ttl_secs: u32, max_ttl_secs: u32) -> Result<u32, ProtoError> {
+/// Resolves a requested TTL: 0 means the node's default (capped at its maximum); above the
+/// maximum is an error, so a client never believes in retention it will not get.
+/// [`crate::limits::DEFAULT_TTL_SECS`] is the usual default.
+pub fn resolve_ttl(
+    ttl_secs: u32,
+    default_ttl_secs: u32,
+    max_ttl_secs: u32,
+) -> Result<u32, ProtoError> {
     match ttl_secs {
-        0 => Ok(DEFAULT_TTL_SECS.min(max_ttl_secs)),
+        0 => Ok(default_ttl_secs.clamp(1, max_ttl_secs.max(1))),
         t if t > max_ttl_secs => Err(ProtoError::TtlTooLong {
             got: t,
             max: max_ttl_secs,

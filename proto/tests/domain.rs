@@ -74,11 +74,14 @@ fn enqueue_validation() {
 
 #[test]
 fn ttl_policy() {
-    assert_eq!(resolve_ttl(0, 30 * 86400).unwrap(), DEFAULT_TTL_SECS);
-    assert_eq!(resolve_ttl(0, 3600).unwrap(), 3600);
-    assert_eq!(resolve_ttl(60, 3600).unwrap(), 60);
-    assert_eq!(resolve_ttl(3600, 3600).unwrap(), 3600);
-    let err = resolve_ttl(3601, 3600).unwrap_err();
+    assert_eq!(
+        resolve_ttl(0, DEFAULT_TTL_SECS, 30 * 86400).unwrap(),
+        DEFAULT_TTL_SECS
+    );
+    assert_eq!(resolve_ttl(0, DEFAULT_TTL_SECS, 3600).unwrap(), 3600);
+    assert_eq!(resolve_ttl(60, DEFAULT_TTL_SECS, 3600).unwrap(), 60);
+    assert_eq!(resolve_ttl(3600, DEFAULT_TTL_SECS, 3600).unwrap(), 3600);
+    let err = resolve_ttl(3601, DEFAULT_TTL_SECS, 3600).unwrap_err();
     assert_eq!(
         err.to_string(),
         "ttl_secs 3601 exceeds this node's maximum of 3600 seconds"

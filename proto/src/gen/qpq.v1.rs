@@ -116,6 +116,17 @@ pub struct DeleteAccountResponse {
     #[prost(bool, tag = "1")]
     pub success: bool,
 }
+/// Ferry: the payload of every response whose status is not Ok. The seed promises "error
+/// responses with details" and "a retry-after hint" but defines no message for them.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Error {
+    /// What was wrong, for humans and logs.
+    #[prost(string, tag = "1")]
+    pub message: ::prost::alloc::string::String,
+    /// For RateLimited, Unavailable and ResourceExhausted: when a retry may succeed (0 = unknown).
+    #[prost(uint64, tag = "2")]
+    pub retry_after_ms: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Envelope {
     #[prost(uint64, tag = "1")]

@@ -1,0 +1,48 @@
+//! Ferry client library.
+//!
+//! What it does: connects to a Ferry node (or any qpq v2 server) over QUIC with ALPN `qpq`,
+//! pins the node's self-signed certificate (trust on first use, like SSH's `known_hosts`),
+//! authenticates the connection with an Ed25519 identity (methods 104/105), calls the delivery
+//! and key methods, receives push events, and seals and opens end-to-end encrypted messages
+//! (X25519 + ML-KEM-768 → HKDF-SHA256 → ChaCha20-Poly1305, signed by the sender).
+//!
+//! What it does not do: print, parse command lines, or install a tracing subscriber; the
+//! `ferry` binary does that. Nodes only ever see the sealed bytes this crate produces.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod client;
+pub mod envelope;
+mod error;
+pub mod identity;
+pub mod message;
+pub mod seen;
+pub mod trust;
+
+pub use client::{Client, ConnectOptions, PushEvent};
+pub use error::ClientError;
+pub use identity::Identity;
+pub use trust::Trust;
+
+/// Current unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Fills a buffer from the operating system's CSPRNG.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], ClientError> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|_| ClientError::Random)?;
+    Ok(b)
+}

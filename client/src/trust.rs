@@ -1,0 +1,197 @@
+//! Which node certificates to trust. Nodes use self-signed certificates; clients pin them.
+//!
+//! With [`Trust::KnownNodes`], the first connection to a node records its certificate
+//! fingerprint in a file (one `node fingerprint` pair per line, like SSH's `known_hosts`), and
+//! every later connection must present the same certificate or is refused.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ferry_proto::types::Fingerprint;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+use crate::{ClientError, Identity};
+
+/// How to decide whether a node's certificate is the right one.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// Accept exactly this certificate (for example the fingerprint `ferry status` printed on
+    /// the node, or one advertised by discovery).
+    Pinned(Fingerprint),
+    /// Trust on first use, remembering nodes in this file.
+    KnownNodes(PathBuf),
+}
+
+impl Trust {
+    /// `known_nodes` in the Ferry config directory.
+    pub fn default_known_nodes() -> PathBuf {
+        Identity::config_dir().join("known_nodes")
+    }
+}
+
+/// The parsed known-nodes file.
+#[derive(Debug, Default)]
+pub(crate) struct KnownNodes {
+    entries: Vec<(String, Fingerprint)>,
+}
+
+impl KnownNodes {
+    pub(crate) fn load(path: &Path) -> Result<Self, ClientError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ClientError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(fp), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(ClientError::Identity {
+                    path: path.to_path_buf(),
+                    reason: format!("line {}: expected `node fingerprint`", n + 1),
+                });
+            };
+            let fp = fp
+                .parse::<Fingerprint>()
+                .map_err(|e| ClientError::Identity {
+                    path: path.to_path_buf(),
+                    reason: format!("line {}: {e}", n + 1),
+                })?;
+            entries.push((name.to_string(), fp));
+        }
+        Ok(Self { entries })
+    }
+
+    pub(crate) fn get(&self, node: &str) -> Option<Fingerprint> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, fp)| *fp)
+    }
+
+    pub(crate) fn append(path: &Path, node: &str, fp: &Fingerprint) -> Result<(), ClientError> {
+        let io = |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        writeln!(f, "{node} {fp}").map_err(io)?;
+        f.sync_all().map_err(io)
+    }
+}
+
+/// Accepts a certificate by fingerprint (or any, when capturing for trust on first use), and
+/// still checks the TLS 1.3 handshake signature, so only the holder of the key gets in.
+#[derive(Debug)]
+pub(crate) struct PinVerifier {
+    expected: Option<Fingerprint>,
+    seen: Mutex<Option<Fingerprint>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinVerifier {
+    pub(crate) fn new(expected: Option<Fingerprint>, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            expected,
+            seen: Mutex::new(None),
+            provider,
+        }
+    }
+
+    pub(crate) fn seen(&self) -> Option<Fingerprint> {
+        self.seen.lock().ok().and_then(|g| *g)
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = Fingerprint::of(end_entity.as_ref());
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(fp);
+        }
+        match self.expected {
+            Some(e) if e != fp => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_nodes_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        assert!(KnownNodes::load(&path).unwrap().get("a:1").is_none());
+        let fp = Fingerprint::of(b"cert");
+        KnownNodes::append(&path, "a:1", &fp).unwrap();
+        KnownNodes::append(&path, "b:2", &Fingerprint::of(b"other")).unwrap();
+        let k = KnownNodes::load(&path).unwrap();
+        assert_eq!(k.get("a:1"), Some(fp));
+        std::fs::write(&path, "# comment\n\na:1 nonsense\n").unwrap();
+        let err = KnownNodes::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
+}

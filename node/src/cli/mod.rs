@@ -1,0 +1,119 @@
+//! Subcommands of the `ferry` binary.
+
+use std::future::Future;
+
+use anyhow::Context;
+use ferry_client::{Client, ConnectOptions, Identity, Trust};
+use ferry_proto::types::Fingerprint;
+
+#[cfg(feature = "bench")]
+pub(crate) mod bench;
+pub(crate) mod id;
+pub(crate) mod inbox;
+pub(crate) mod node;
+pub(crate) mod send;
+pub(crate) mod status;
+
+/// Default node address for client commands.
+pub(crate) const DEFAULT_NODE: &str = "127.0.0.1:5001";
+
+/// Installs the stderr logger. Library crates only emit; the binary decides where logs go.
+pub(crate) fn init_logging(filter: &str) {
+    let targets: tracing_subscriber::filter::Targets = filter
+        .parse()
+        .unwrap_or_else(|_| "info".parse().unwrap_or_default());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(targets)
+        .try_init();
+}
+
+/// Runs a client command on a small runtime.
+pub(crate) fn with_runtime(
+    log: Option<String>,
+    fut: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    init_logging(log.as_deref().unwrap_or("warn"));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(fut)
+}
+
+/// Connection flags shared by client commands.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct NodeFlags {
+    /// The node, `host:port`.
+    #[arg(long, env = "FERRY_NODE", default_value = DEFAULT_NODE)]
+    pub(crate) node: String,
+    /// Trust exactly this certificate fingerprint (`SHA256:...`) instead of the known-nodes file.
+    #[arg(long, env = "FERRY_PIN")]
+    pub(crate) pin: Option<String>,
+    /// Known-nodes file (trust on first use).
+    #[arg(long, env = "FERRY_KNOWN_NODES")]
+    pub(crate) known_nodes: Option<std::path::PathBuf>,
+}
+
+impl NodeFlags {
+    pub(crate) fn options(&self) -> anyhow::Result<ConnectOptions> {
+        let trust = match &self.pin {
+            Some(p) => Trust::Pinned(p.parse::<Fingerprint>().context("--pin")?),
+            None => Trust::KnownNodes(
+                self.known_nodes
+                    .clone()
+                    .unwrap_or_else(Trust::default_known_nodes),
+            ),
+        };
+        Ok(ConnectOptions::with_trust(trust))
+    }
+
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(&self.node, &self.options()?)
+            .await
+            .map_err(anyhow::Error::from)
+    }
+}
+
+/// Connects, authenticates as `id` and publishes its hybrid key (so others can write to it).
+pub(crate) async fn login(flags: &NodeFlags, id: &Identity) -> anyhow::Result<Client> {
+    let client = flags.connect().await?;
+    client
+        .authenticate(id)
+        .await
+        .context("authenticating with the node")?;
+    client
+        .upload_hybrid_key(id)
+        .await
+        .context("publishing your encryption key")?;
+    Ok(client)
+}
+
+/// Loads the identity, with a hint when it does not exist yet.
+pub(crate) fn load_identity(path: &std::path::Path) -> anyhow::Result<Identity> {
+    if !path.exists() {
+        anyhow::bail!(
+            "no identity at {}; create one with `ferry id new`",
+            path.display()
+        );
+    }
+    Ok(Identity::load(path)?)
+}
+
+/// Writes one line to stdout (the CLI's output channel).
+#[allow(clippy::print_stdout)]
+pub(crate) fn out(line: &str) {
+    println!("{line}");
+}
+
+/// Unix milliseconds as RFC 3339 UTC.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}

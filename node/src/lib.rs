@@ -1,0 +1,41 @@
+//! The Ferry node: the qpq v2 client protocol over QUIC in front of durable mailboxes.
+//!
+//! What it does: listens for QUIC connections with ALPN `qpq` (a self-signed certificate made
+//! on first start and kept in the data directory), authenticates each connection with an
+//! Ed25519 challenge, serves the delivery and key methods from a [`ferry_store::Store`], pushes
+//! `NewMessage` events to connected recipients, limits request rates per IP, exports
+//! Prometheus metrics over HTTP, and shuts down gracefully.
+//!
+//! What it does not do: parse command lines or install a tracing subscriber (the `ferry`
+//! binary does), or see any plaintext: payloads are opaque, sealed by clients.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod auth;
+mod cert;
+pub mod config;
+mod conn;
+mod error;
+mod http;
+mod metrics;
+mod ratelimit;
+mod rpc;
+mod server;
+mod state;
+
+pub use config::{FileConfig, NodeConfig};
+pub use error::NodeError;
+pub use server::{RunningNode, start};
+
+/// Current unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    ferry_client::now_ms()
+}

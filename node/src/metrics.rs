@@ -1,0 +1,305 @@
+//! Prometheus metrics. Counters are plain 64-bit atomics (portable to 32-bit routers) encoded
+//! at scrape time together with figures read from the store; histograms and the per-method
+//! request family use prometheus-client's own types.
+//!
+//! Names follow qpq's (`enqueue_total`, `fetch_total`, `delivery_queue_depth`, ...) so its
+//! dashboards and alert rules work unchanged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_store::{CommitObserver, Store};
+use portable_atomic::{AtomicU64, Ordering};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Counters kept by the node.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) enqueue: AtomicU64,
+    pub(crate) enqueue_bytes: AtomicU64,
+    pub(crate) enqueue_duplicate: AtomicU64,
+    pub(crate) fetch: AtomicU64,
+    pub(crate) fetch_wait: AtomicU64,
+    pub(crate) peek: AtomicU64,
+    pub(crate) ack: AtomicU64,
+    pub(crate) rate_limit_hit: AtomicU64,
+    pub(crate) auth_success: AtomicU64,
+    pub(crate) auth_failure: AtomicU64,
+    pub(crate) push_sent: AtomicU64,
+    pub(crate) push_skipped: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) open_connections: AtomicU64,
+    pub(crate) resource_exhausted: AtomicU64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Labels of `requests_total`.
+pub(crate) type RequestLabels = Vec<(&'static str, &'static str)>;
+
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) c: Counters,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    commit_seconds: Histogram,
+    commit_ops: Histogram,
+    started: Instant,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            c: Counters::default(),
+            requests: Family::default(),
+            // 50 µs .. ~3.3 s
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+            // 1 .. 4096 operations
+            commit_ops: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            started: Instant::now(),
+        })
+    }
+
+    pub(crate) fn request(&self, method: &'static str, status: &'static str) {
+        self.requests
+            .get_or_create(&vec![("method", method), ("status", status)])
+            .inc();
+    }
+}
+
+/// Feeds the store's commit timings into the histograms.
+#[derive(Debug)]
+pub(crate) struct CommitHook(pub(crate) Arc<Metrics>);
+
+impl CommitObserver for CommitHook {
+    fn committed(&self, ops: usize, elapsed: Duration, ok: bool) {
+        if ok {
+            self.0.commit_seconds.observe(elapsed.as_secs_f64());
+            self.0.commit_ops.observe(ops as f64);
+        }
+    }
+}
+
+/// Encodes the atomics and the store's figures on every scrape.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    store: Store,
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = ConstCounter::new(v);
+    let e = enc.encode_descriptor(name, help, None, m.metric_type())?;
+    m.encode(e)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let m = ConstGauge::new(v);
+    let e = enc.encode_descriptor(name, help, None, m.metric_type())?;
+    m.encode(e)
+}
+
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let c = &self.metrics.c;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            (
+                "enqueue",
+                "Messages enqueued (stored or recognised as duplicates).",
+                &c.enqueue,
+            ),
+            ("enqueue_bytes", "Payload bytes enqueued.", &c.enqueue_bytes),
+            (
+                "enqueue_duplicate",
+                "Enqueues recognised as retries of a stored message id.",
+                &c.enqueue_duplicate,
+            ),
+            ("fetch", "Fetch calls completed.", &c.fetch),
+            (
+                "fetch_wait",
+                "FetchWait long polls completed.",
+                &c.fetch_wait,
+            ),
+            ("peek", "Peek calls completed.", &c.peek),
+            ("ack", "Ack calls completed.", &c.ack),
+            (
+                "rate_limit_hit",
+                "Requests refused by the per-IP rate limit.",
+                &c.rate_limit_hit,
+            ),
+            (
+                "auth_login_success",
+                "Connections that proved their identity.",
+                &c.auth_success,
+            ),
+            (
+                "auth_login_failure",
+                "Failed authentication attempts.",
+                &c.auth_failure,
+            ),
+            ("push_sent", "NewMessage push events sent.", &c.push_sent),
+            (
+                "push_skipped",
+                "Push events skipped because a connection had too many in flight.",
+                &c.push_skipped,
+            ),
+            (
+                "connections",
+                "Client connections accepted.",
+                &c.connections,
+            ),
+            (
+                "connections_refused",
+                "Client connections refused (limit reached or draining).",
+                &c.connections_refused,
+            ),
+            (
+                "resource_exhausted",
+                "Writes refused because a quota or the disk was full.",
+                &c.resource_exhausted,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut enc, name, help, get(v))?;
+        }
+        gauge(
+            &mut enc,
+            "client_connections",
+            "Open client connections.",
+            signed(get(&c.open_connections)),
+        )?;
+        gauge(
+            &mut enc,
+            "uptime_seconds",
+            "Seconds since the node started.",
+            signed(self.metrics.started.elapsed().as_secs()),
+        )?;
+        let w = self.store.writer_stats();
+        let store_counters: [(&str, &str, u64); 8] = [
+            (
+                "store_commits",
+                "Durable (fsync'd) group commits.",
+                w.commits,
+            ),
+            (
+                "store_commit_ops",
+                "Operations answered from group commits.",
+                w.ops,
+            ),
+            (
+                "store_failed_commits",
+                "Group commits that failed (each failed all its operations).",
+                w.failed_commits,
+            ),
+            (
+                "store_bytes_written",
+                "Bytes written to the database file: what wears flash.",
+                w.bytes_written,
+            ),
+            ("store_fsyncs", "fsync calls on the database file.", w.syncs),
+            (
+                "store_busy",
+                "Writes refused because the writer queue was full.",
+                w.busy,
+            ),
+            (
+                "store_reopens",
+                "Database reopens after an IO error.",
+                w.reopens,
+            ),
+            (
+                "store_commit_nanoseconds",
+                "Total time spent in group commits.",
+                w.commit_nanos,
+            ),
+        ];
+        for (name, help, v) in store_counters {
+            counter(&mut enc, name, help, v)?;
+        }
+        if let Ok(s) = self.store.stats() {
+            gauge(
+                &mut enc,
+                "delivery_queue_depth",
+                "Messages stored in all mailboxes.",
+                signed(s.messages),
+            )?;
+            gauge(
+                &mut enc,
+                "store_stored_bytes",
+                "Accounted bytes of stored messages (quota units).",
+                signed(s.bytes),
+            )?;
+            gauge(
+                &mut enc,
+                "store_file_bytes",
+                "Size of the database file.",
+                signed(s.file_bytes),
+            )?;
+            gauge(
+                &mut enc,
+                "store_mailboxes",
+                "Mailboxes known to the store.",
+                signed(s.mailboxes),
+            )?;
+            counter(
+                &mut enc,
+                "store_expired",
+                "Messages removed by expiry.",
+                s.expired_total,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry served at `/metrics`.
+pub(crate) fn registry(metrics: &Arc<Metrics>, store: &Store) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "requests",
+        "RPCs answered, by method and status.",
+        metrics.requests.clone(),
+    );
+    r.register(
+        "store_commit_seconds",
+        "Duration of durable group commits.",
+        metrics.commit_seconds.clone(),
+    );
+    r.register(
+        "store_commit_batch_ops",
+        "Operations per group commit.",
+        metrics.commit_ops.clone(),
+    );
+    r.register_collector(Box::new(Scrape {
+        metrics: Arc::clone(metrics),
+        store: store.clone(),
+    }));
+    r
+}

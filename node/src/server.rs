@@ -1,0 +1,429 @@
+//! The QUIC server: endpoint, accept loop, per-stream framing, background sweep, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_proto::frame::{RequestHeader, encode_response};
+use ferry_proto::limits::ALPN_QPQ;
+use ferry_proto::types::Fingerprint;
+use ferry_proto::{Method, Status};
+use ferry_store::Store;
+use portable_atomic::Ordering;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::conn::ConnState;
+use crate::metrics::{CommitHook, Metrics, inc};
+use crate::rpc::{self, Reply};
+use crate::state::State;
+use crate::{NodeConfig, NodeError, cert};
+
+/// How long a client has to complete the QUIC handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to deliver a whole request frame once it opened the stream.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A started node.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Where the client protocol listens.
+    pub local_addr: SocketAddr,
+    /// Where `/metrics` listens, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// SHA-256 of the node certificate, which clients pin.
+    pub cert_fingerprint: Fingerprint,
+    /// Whether the certificate was made by this start.
+    pub cert_created: bool,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Asks the node to stop: no new connections, in-flight requests finish (up to the
+    /// drain timeout), the store commits what is queued and closes.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the node has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) {
+        self.shutdown();
+        self.wait().await;
+    }
+}
+
+fn bind_addr(listen: &str) -> Result<Vec<SocketAddr>, NodeError> {
+    let addr: SocketAddr = listen.parse().map_err(|_| NodeError::Address {
+        field: "listen",
+        value: listen.to_string(),
+    })?;
+    let mut out = vec![addr];
+    // `[::]` on a host without IPv6 falls back to IPv4.
+    if addr.ip().is_unspecified() && addr.is_ipv6() {
+        out.push(SocketAddr::from(([0, 0, 0, 0], addr.port())));
+    }
+    Ok(out)
+}
+
+fn server_config(cfg: &NodeConfig, c: cert::NodeCert) -> Result<quinn::ServerConfig, NodeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![c.cert], c.key)?;
+    tls.alpn_protocols = vec![ALPN_QPQ.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|_| {
+        NodeError::Tls(rustls::Error::General(
+            "no TLS 1.3 cipher suite for QUIC".into(),
+        ))
+    })?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(cfg.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // Each connection may buffer at most this much unread request data.
+        .receive_window((8u32 * 1024 * 1024).into())
+        .stream_receive_window((4u32 * 1024 * 1024 + 64 * 1024).into())
+        .send_window(8 * 1024 * 1024)
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(300))
+                .map_err(|_| NodeError::Tls(rustls::Error::General("idle timeout".into())))?,
+        ));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+fn bind_endpoint(listen: &str, server: quinn::ServerConfig) -> Result<quinn::Endpoint, NodeError> {
+    let mut last = None;
+    for addr in bind_addr(listen)? {
+        match quinn::Endpoint::server(server.clone(), addr) {
+            Ok(e) => return Ok(e),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "bind failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(NodeError::Bind {
+        addr: listen.to_string(),
+        source: last.unwrap_or_else(|| std::io::Error::other("no address to bind")),
+    })
+}
+
+/// Starts a node: opens the store, makes or loads the certificate, binds the listeners.
+pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| NodeError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let (node_cert, cert_created) = cert::load_or_create(&dir)?;
+    let fingerprint = node_cert.fingerprint;
+    let node_span = tracing::info_span!("node", id = %fingerprint.short());
+    let metrics = Metrics::new();
+    let store_cfg = cfg.store.clone();
+    let db_path = cfg.db_path();
+    let hook = Arc::new(CommitHook(Arc::clone(&metrics)));
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_with_observer(db_path, store_cfg, Some(hook))
+    })
+    .await
+    .map_err(|_| NodeError::Io {
+        path: dir.clone(),
+        source: std::io::Error::other("store open task failed"),
+    })??;
+    let endpoint = bind_endpoint(&cfg.listen, server_config(&cfg, node_cert)?)?;
+    let local_addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+        addr: cfg.listen.clone(),
+        source,
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let registry = Arc::new(crate::metrics::registry(&metrics, &store));
+    let state = Arc::new(State::new(store, cfg.clone(), metrics, fingerprint));
+    let metrics_addr = match &cfg.metrics {
+        Some(m) => {
+            let listener =
+                tokio::net::TcpListener::bind(m)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        addr: m.clone(),
+                        source,
+                    })?;
+            let addr = listener.local_addr().ok();
+            tokio::spawn(
+                crate::http::serve(listener, Arc::clone(&state), registry, stop_rx.clone())
+                    .instrument(node_span.clone()),
+            );
+            addr
+        }
+        None => None,
+    };
+    {
+        let _e = node_span.enter();
+        if cert_created {
+            tracing::info!(fingerprint = %fingerprint, dir = %dir.display(), "generated a self-signed certificate");
+        }
+        tracing::info!(addr = %local_addr, fingerprint = %fingerprint, "accepting QUIC connections (ALPN qpq)");
+        if let Some(m) = metrics_addr {
+            tracing::info!(addr = %m, "serving /metrics and /healthz");
+        }
+    }
+    tokio::spawn(sweeper(Arc::clone(&state), stop_rx.clone()).instrument(node_span.clone()));
+    let task = tokio::spawn(run(endpoint, state, stop_rx).instrument(node_span));
+    Ok(RunningNode {
+        local_addr,
+        metrics_addr,
+        cert_fingerprint: fingerprint,
+        cert_created,
+        stop: stop_tx,
+        task,
+    })
+}
+
+async fn sweeper(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.cfg.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match state.store.sweep(crate::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "removed expired messages"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+async fn run(endpoint: quinn::Endpoint, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = stop.changed() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let open = state.open_conns.load(Ordering::Acquire);
+        if open >= state.cfg.max_connections as u64 {
+            inc(&state.metrics.c.connections_refused);
+            tracing::warn!(limit = state.cfg.max_connections, peer = %incoming.remote_address(), "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        }
+        let state = Arc::clone(&state);
+        tokio::spawn(
+            async move {
+                let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+                let span = tracing::debug_span!("conn", id, peer = %incoming.remote_address());
+                serve_connection(state, incoming, id).instrument(span).await;
+            }
+            .in_current_span(),
+        );
+    }
+    shutdown(&endpoint, &state).await;
+}
+
+async fn shutdown(endpoint: &quinn::Endpoint, state: &Arc<State>) {
+    tracing::info!("shutdown signal received: draining");
+    state.draining.store(true, Ordering::Release);
+    state.drain.notify_waiters();
+    endpoint.set_server_config(None);
+    let all = u32::try_from(state.cfg.max_inflight_requests).unwrap_or(u32::MAX);
+    let drained =
+        tokio::time::timeout(state.cfg.drain_timeout, state.inflight.acquire_many(all)).await;
+    match drained {
+        Ok(_) => tracing::info!("in-flight requests finished"),
+        Err(_) => {
+            tracing::warn!(timeout = ?state.cfg.drain_timeout, "drain timeout; closing with requests in flight")
+        }
+    }
+    endpoint.close(0u32.into(), b"node shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let store = state.store.clone();
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    tracing::info!("stopped");
+}
+
+async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64) {
+    let quic = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("handshake timed out");
+            return;
+        }
+    };
+    inc(&state.metrics.c.connections);
+    state
+        .metrics
+        .c
+        .open_connections
+        .fetch_add(1, Ordering::Relaxed);
+    state.open_conns.fetch_add(1, Ordering::AcqRel);
+    let conn = Arc::new(ConnState::new(id, quic.clone()));
+    tracing::debug!("connected");
+    loop {
+        match quic.accept_bi().await {
+            Ok((send, recv)) => {
+                let state = Arc::clone(&state);
+                let conn = Arc::clone(&conn);
+                tokio::spawn(handle_stream(state, conn, send, recv).in_current_span());
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, "connection closed");
+                break;
+            }
+        }
+    }
+    if let Some(identity) = conn.identity() {
+        state.unregister(&identity, conn.id);
+    }
+    state.open_conns.fetch_sub(1, Ordering::AcqRel);
+    state
+        .metrics
+        .c
+        .open_connections
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn respond(send: &mut quinn::SendStream, request_id: u32, reply: &Reply) {
+    let frame = match encode_response(reply.status, request_id, &reply.body) {
+        Ok(f) => f,
+        Err(_) => match encode_response(Status::Internal, request_id, &[]) {
+            Ok(f) => f,
+            Err(_) => return,
+        },
+    };
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Reads exactly `len` bytes without allocating ahead of what actually arrived.
+async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, usize> {
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    while buf.len() < len {
+        match recv.read_chunk(len - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return Err(buf.len()),
+        }
+    }
+    Ok(buf)
+}
+
+async fn handle_stream(
+    state: Arc<State>,
+    conn: Arc<ConnState>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Ok(_permit) = Arc::clone(&state.inflight).acquire_owned().await else {
+        return;
+    };
+    let mut hdr = [0u8; RequestHeader::LEN];
+    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_exact(&mut hdr)).await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(quinn::ReadExactError::FinishedEarly(got))) => {
+            state.metrics.request("malformed", "BadRequest");
+            respond(
+                &mut send,
+                0,
+                &Reply::err(
+                    Status::BadRequest,
+                    format!("truncated frame: {got} of 10 header bytes"),
+                ),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(_)) | Err(_) => return,
+    }
+    let header = RequestHeader::from_bytes(&hdr);
+    let rid = header.request_id;
+    let method_name = Method::from_id(header.method_id)
+        .map(Method::name)
+        .unwrap_or("unknown");
+    let len = match header.payload_len() {
+        Ok(l) => l,
+        Err(e) => {
+            // Answer without reading the body, then tell the peer to stop sending it.
+            state
+                .metrics
+                .request(method_name, Status::PayloadTooLarge.name());
+            respond(
+                &mut send,
+                rid,
+                &Reply::err(Status::PayloadTooLarge, e.to_string()),
+            )
+            .await;
+            let _ = recv.stop(0u32.into());
+            return;
+        }
+    };
+    let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_body(&mut recv, len)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(got)) => {
+            state
+                .metrics
+                .request(method_name, Status::BadRequest.name());
+            respond(
+                &mut send,
+                rid,
+                &Reply::err(
+                    Status::BadRequest,
+                    format!("truncated frame: payload declared {len} bytes, got {got}"),
+                ),
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            respond(
+                &mut send,
+                rid,
+                &Reply::err(Status::DeadlineExceeded, "request not received in time"),
+            )
+            .await;
+            return;
+        }
+    };
+    if let Some(limiter) = &state.limiter
+        && let Err(wait) = limiter.check(conn.remote.ip(), Instant::now())
+    {
+        inc(&state.metrics.c.rate_limit_hit);
+        state
+            .metrics
+            .request(method_name, Status::RateLimited.name());
+        respond(
+            &mut send,
+            rid,
+            &Reply::retry(Status::RateLimited, "rate limit exceeded; back off", wait),
+        )
+        .await;
+        return;
+    }
+    let reply = rpc::dispatch(&state, &conn, header.method_id, &body).await;
+    state.metrics.request(method_name, reply.status.name());
+    if reply.status != Status::Ok {
+        tracing::debug!(method = method_name, status = %reply.status, "request refused");
+    }
+    respond(&mut send, rid, &reply).await;
+}

@@ -1,0 +1,179 @@
+//! State shared by all connections of a node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use ferry_proto::types::{Fingerprint, IdentityKey, MailboxAddr, SessionToken};
+use ferry_store::Store;
+use portable_atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::NodeConfig;
+use crate::conn::ConnState;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+
+/// Connections per identity that receive pushes (a user's devices); the oldest is dropped.
+const MAX_CONNS_PER_IDENTITY: usize = 16;
+/// Sessions remembered at most; the one closest to expiry goes first.
+const MAX_SESSIONS: usize = 65_536;
+/// How long a session token can be resumed.
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) struct State {
+    pub(crate) store: Store,
+    pub(crate) cfg: NodeConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limiter: Option<RateLimiter>,
+    pub(crate) started: Instant,
+    pub(crate) node_id: String,
+    pub(crate) draining: AtomicBool,
+    /// Woken when draining starts, so long polls return at once.
+    pub(crate) drain: Notify,
+    /// Bounds RPCs in flight; shutdown waits until every permit is back.
+    pub(crate) inflight: Arc<Semaphore>,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) open_conns: AtomicU64,
+    registry: Mutex<HashMap<IdentityKey, Vec<Weak<ConnState>>>>,
+    waiters: Mutex<HashMap<MailboxAddr, Arc<Notify>>>,
+    sessions: Mutex<HashMap<SessionToken, (IdentityKey, Instant)>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+impl State {
+    pub(crate) fn new(
+        store: Store,
+        cfg: NodeConfig,
+        metrics: Arc<Metrics>,
+        cert_fingerprint: Fingerprint,
+    ) -> Self {
+        let limiter =
+            (cfg.rate_limit > 0).then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, 16_384));
+        Self {
+            inflight: Arc::new(Semaphore::new(cfg.max_inflight_requests)),
+            store,
+            limiter,
+            metrics,
+            started: Instant::now(),
+            node_id: cert_fingerprint.short(),
+            cfg,
+            draining: AtomicBool::new(false),
+            drain: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            open_conns: AtomicU64::new(0),
+            registry: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Records that `conn` is authenticated as `id`, for pushes.
+    pub(crate) fn register(&self, id: IdentityKey, conn: &Arc<ConnState>) {
+        let Ok(mut reg) = self.registry.lock() else {
+            return;
+        };
+        let list = reg.entry(id).or_default();
+        list.retain(|w| w.strong_count() > 0);
+        if list
+            .iter()
+            .any(|w| w.upgrade().is_some_and(|c| c.id == conn.id))
+        {
+            return;
+        }
+        if list.len() >= MAX_CONNS_PER_IDENTITY {
+            list.remove(0);
+        }
+        list.push(Arc::downgrade(conn));
+    }
+
+    pub(crate) fn unregister(&self, id: &IdentityKey, conn_id: u64) {
+        let Ok(mut reg) = self.registry.lock() else {
+            return;
+        };
+        if let Some(list) = reg.get_mut(id) {
+            list.retain(|w| w.upgrade().is_some_and(|c| c.id != conn_id));
+            if list.is_empty() {
+                reg.remove(id);
+            }
+        }
+    }
+
+    /// Live connections authenticated as `id`.
+    pub(crate) fn connections_of(&self, id: &IdentityKey) -> Vec<Arc<ConnState>> {
+        let Ok(reg) = self.registry.lock() else {
+            return Vec::new();
+        };
+        reg.get(id)
+            .map(|l| l.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    /// The notifier FetchWait waits on for `mailbox`. Release it with [`State::release_waiter`].
+    pub(crate) fn waiter(&self, mailbox: &MailboxAddr) -> Arc<Notify> {
+        match self.waiters.lock() {
+            Ok(mut w) => Arc::clone(w.entry(*mailbox).or_default()),
+            Err(_) => Arc::new(Notify::new()),
+        }
+    }
+
+    pub(crate) fn release_waiter(&self, mailbox: &MailboxAddr, n: Arc<Notify>) {
+        if let Ok(mut w) = self.waiters.lock() {
+            // Ours and the map's are the only references left: nobody else is waiting.
+            if Arc::strong_count(&n) <= 2 {
+                w.remove(mailbox);
+            }
+        }
+    }
+
+    /// Wakes long polls of `mailbox`.
+    pub(crate) fn notify(&self, mailbox: &MailboxAddr) {
+        let n = self
+            .waiters
+            .lock()
+            .ok()
+            .and_then(|w| w.get(mailbox).cloned());
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    pub(crate) fn new_session(&self, id: IdentityKey, token: SessionToken, now: Instant) {
+        let Ok(mut s) = self.sessions.lock() else {
+            return;
+        };
+        if s.len() >= MAX_SESSIONS {
+            s.retain(|_, (_, exp)| *exp > now);
+            if s.len() >= MAX_SESSIONS {
+                let soonest = s.iter().min_by_key(|(_, (_, exp))| *exp).map(|(k, _)| *k);
+                if let Some(k) = soonest {
+                    s.remove(&k);
+                }
+            }
+        }
+        s.insert(token, (id, now + SESSION_TTL));
+    }
+
+    pub(crate) fn resume_session(&self, token: &SessionToken, now: Instant) -> Option<IdentityKey> {
+        let mut s = self.sessions.lock().ok()?;
+        match s.get(token) {
+            Some((id, exp)) if *exp > now => Some(*id),
+            Some(_) => {
+                s.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The client protocol against a real node over QUIC on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_client::{PushEvent, message};
+use ferry_proto::qpq::v1 as pb;
+use ferry_proto::types::{HybridKeyLookup, MessageId};
+use ferry_proto::{Method, Status};
+
+#[tokio::test]
+async fn health_needs_no_authentication() {
+    let n = start().await;
+    let c = n.client().await;
+    let h = c.health().await.unwrap();
+    assert_eq!(h.status, "ok");
+    assert_eq!(h.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(h.queue_depth, 0);
+    assert_eq!(h.node_id, n.node.cert_fingerprint.short());
+    assert_eq!(c.node_fingerprint(), n.node.cert_fingerprint);
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn two_people_exchange_end_to_end_encrypted_messages() {
+    let n = start().await;
+    let (alice_c, alice) = n.user().await;
+    let (bob_c, bob) = n.user().await;
+    let id = MessageId::from_array([7; 16]);
+    let (to, r) = alice_c
+        .send_text(
+            &alice,
+            &HybridKeyLookup::Fingerprint(bob.fingerprint()),
+            "hi bob",
+            3600,
+            id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(to, bob.public_key());
+    assert!(!r.duplicate);
+    let envs = bob_c.fetch(&mailbox(&bob), 10).await.unwrap();
+    assert_eq!(envs.len(), 1);
+    let e = &envs[0];
+    assert_eq!(
+        e.sender_key,
+        alice.public_key().as_bytes().to_vec(),
+        "node stamps the sender"
+    );
+    assert_eq!(e.message_id, id.as_bytes().to_vec());
+    assert!(e.enqueued_at_ms > 0);
+    assert!(
+        !e.data.windows(6).any(|w| w == b"hi bob"),
+        "the node stores only ciphertext"
+    );
+    let stamped = ferry_proto::types::IdentityKey::from_field(&e.sender_key, "s").unwrap();
+    let opened = message::open(&bob, &e.data, Some(&stamped)).unwrap();
+    assert_eq!(opened.text, "hi bob");
+    assert_eq!(opened.sender, alice.public_key());
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn enqueue_is_idempotent_by_message_id() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (_b, bob) = n.user().await;
+    let r1 = a
+        .enqueue(&enqueue_req(&bob, b"one", Some([1; 16])))
+        .await
+        .unwrap();
+    let r2 = a
+        .enqueue(&enqueue_req(&bob, b"two", Some([2; 16])))
+        .await
+        .unwrap();
+    let again = a
+        .enqueue(&enqueue_req(&bob, b"one", Some([1; 16])))
+        .await
+        .unwrap();
+    assert_eq!((r1.seq, r2.seq), (1, 2));
+    assert!(again.duplicate);
+    assert_eq!(again.seq, r1.seq);
+    assert_eq!(a.health().await.unwrap().queue_depth, 2);
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn fetch_advances_peek_does_not_and_unacked_is_redelivered() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    for i in 0..5u8 {
+        a.enqueue(&enqueue_req(&bob, &[i], None)).await.unwrap();
+    }
+    let mb = mailbox(&bob);
+    assert_eq!(seqs(&b.fetch(&mb, 2).await.unwrap()), vec![1, 2]);
+    assert_eq!(seqs(&b.fetch(&mb, 2).await.unwrap()), vec![3, 4]);
+    assert_eq!(
+        seqs(&b.peek(&mb, 10).await.unwrap()),
+        vec![1, 2, 3, 4, 5],
+        "peek reads from the ack cursor"
+    );
+    assert_eq!(seqs(&b.fetch(&mb, 10).await.unwrap()), vec![5]);
+    assert!(b.fetch(&mb, 10).await.unwrap().is_empty());
+    b.ack(&mb, 3).await.unwrap();
+    assert_eq!(seqs(&b.peek(&mb, 10).await.unwrap()), vec![4, 5]);
+    // A new connection starts from the ack cursor: 4 and 5 were fetched but not acked.
+    let b2 = n.client().await;
+    b2.authenticate(&bob).await.unwrap();
+    assert_eq!(seqs(&b2.fetch(&mb, 10).await.unwrap()), vec![4, 5]);
+    b2.ack(&mb, 5).await.unwrap();
+    assert!(b2.peek(&mb, 10).await.unwrap().is_empty());
+    assert_eq!(b2.health().await.unwrap().queue_depth, 0);
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn fetch_wait_wakes_on_enqueue_and_times_out_empty() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let mb = mailbox(&bob);
+    let t = Instant::now();
+    assert!(
+        b.fetch_wait(&mb, 10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        let got = b
+            .fetch_wait(&mb, 10, Duration::from_secs(20))
+            .await
+            .unwrap();
+        (got, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.enqueue(&enqueue_req(&bob, b"wake", None)).await.unwrap();
+    let (got, waited) = waiter.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, b"wake");
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken by the enqueue, not the timeout: {waited:?}"
+    );
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn connected_recipient_gets_a_new_message_push() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let mut pushes = b.push_events().unwrap();
+    let r = a.enqueue(&enqueue_req(&bob, b"ping", None)).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match ev {
+        PushEvent::NewMessage(m) => {
+            assert_eq!(m.recipient_key, bob.public_key().as_bytes().to_vec());
+            assert_eq!(m.seq, r.seq);
+        }
+        other => panic!("{other:?}"),
+    }
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn batch_enqueue_fans_out() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let (c, carol) = n.user().await;
+    let req = pb::BatchEnqueueRequest {
+        recipient_keys: vec![
+            bob.public_key().as_bytes().to_vec(),
+            carol.public_key().as_bytes().to_vec(),
+        ],
+        payload: b"to all".to_vec(),
+        channel_id: vec![],
+        ttl_secs: 60,
+        message_id: vec![9; 16],
+        sealed_sender: false,
+    };
+    let r = a.batch_enqueue(&req).await.unwrap();
+    assert_eq!(r.seqs, vec![1, 1]);
+    assert_eq!(r.duplicates, vec![false, false]);
+    let r = a.batch_enqueue(&req).await.unwrap();
+    assert_eq!(r.duplicates, vec![true, true]);
+    assert_eq!(
+        b.fetch(&mailbox(&bob), 10).await.unwrap()[0].data,
+        b"to all"
+    );
+    assert_eq!(c.fetch(&mailbox(&carol), 10).await.unwrap().len(), 1);
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn hybrid_keys_by_key_fingerprint_and_batch() {
+    let n = start().await;
+    let (a, alice) = n.user().await;
+    let (_b, bob) = n.user().await;
+    let stranger = ferry_client::Identity::generate().unwrap();
+    let (id, key) = a
+        .fetch_hybrid_key(&HybridKeyLookup::Identity(bob.public_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id, key), (bob.public_key(), bob.hybrid_public_key()));
+    assert!(
+        a.fetch_hybrid_key(&HybridKeyLookup::Fingerprint(stranger.fingerprint()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let keys = a
+        .fetch_hybrid_keys(&[bob.public_key(), stranger.public_key(), alice.public_key()])
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        vec![
+            Some(bob.hybrid_public_key()),
+            None,
+            Some(alice.hybrid_public_key())
+        ]
+    );
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn sealed_sender_leaves_no_sender_stamp() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let mut req = enqueue_req(&bob, b"anon", None);
+    req.sealed_sender = true;
+    a.enqueue(&req).await.unwrap();
+    let e = &b.fetch(&mailbox(&bob), 1).await.unwrap()[0];
+    assert!(e.sender_key.is_empty());
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn session_token_resumes_on_a_new_connection() {
+    let n = start().await;
+    let id = ferry_client::Identity::generate().unwrap();
+    let c1 = n.client().await;
+    let token = c1.authenticate(&id).await.unwrap();
+    let c2 = n.client().await;
+    assert_eq!(c2.resume(&token).await.unwrap(), id.public_key());
+    assert!(c2.peek(&mailbox(&id), 1).await.unwrap().is_empty());
+    let c3 = n.client().await;
+    let bad = ferry_proto::types::SessionToken([0; 32]);
+    assert_eq!(
+        c3.resume(&bad).await.unwrap_err().status_code(),
+        Some(Status::Unauthorized)
+    );
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn messages_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let node = ferry_node::start(cfg.clone()).await.unwrap();
+    let fp = node.cert_fingerprint;
+    let opts = ferry_client::ConnectOptions::with_trust(ferry_client::Trust::Pinned(fp));
+    let alice = ferry_client::Identity::generate().unwrap();
+    let bob = ferry_client::Identity::generate().unwrap();
+    let c = ferry_client::Client::connect(&node.local_addr.to_string(), &opts)
+        .await
+        .unwrap();
+    c.authenticate(&alice).await.unwrap();
+    for i in 0..10u8 {
+        c.enqueue(&enqueue_req(&bob, &[i], Some([i; 16])))
+            .await
+            .unwrap();
+    }
+    c.close().await;
+    node.stop().await;
+    let node = ferry_node::start(cfg).await.unwrap();
+    assert_eq!(
+        node.cert_fingerprint, fp,
+        "the certificate is kept across restarts"
+    );
+    let c = ferry_client::Client::connect(&node.local_addr.to_string(), &opts)
+        .await
+        .unwrap();
+    c.authenticate(&bob).await.unwrap();
+    let got = c.fetch(&mailbox(&bob), 100).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.data[0]).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<u8>>()
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_with_a_retry_hint() {
+    let n = start_with(|c| c.set_rate_limit(5)).await;
+    let c = n.client().await;
+    let mut limited = None;
+    for _ in 0..30 {
+        match c.health().await {
+            Ok(_) => {}
+            Err(e) => {
+                limited = Some(e);
+                break;
+            }
+        }
+    }
+    let e = limited.expect("30 requests at once exceed a burst of 10");
+    assert_eq!(e.status_code(), Some(Status::RateLimited));
+    match e {
+        ferry_client::ClientError::Status { retry_after_ms, .. } => assert!(retry_after_ms > 0),
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(c.health().await.is_ok(), "tokens refill");
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_and_healthz_over_http() {
+    let n = start_with(|c| c.metrics = Some("127.0.0.1:0".into())).await;
+    let (a, _alice) = n.user().await;
+    let (_b, bob) = n.user().await;
+    a.enqueue(&enqueue_req(&bob, b"x", None)).await.unwrap();
+    let addr = n.node.metrics_addr.unwrap();
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let m = get("/metrics").await;
+    for name in [
+        "enqueue_total 1",
+        "enqueue_bytes_total 1",
+        "fetch_total",
+        "fetch_wait_total",
+        "rate_limit_hit_total 0",
+        "delivery_queue_depth 1",
+        "store_commits_total",
+        "store_bytes_written_total",
+        "store_fsyncs_total",
+        "store_commit_seconds_bucket",
+        "auth_login_success_total 2",
+        "requests_total{method=\"Enqueue\",status=\"Ok\"} 1",
+    ] {
+        assert!(m.contains(name), "missing {name} in\n{m}");
+    }
+    assert!(get("/healthz").await.contains("\r\n\r\nok"));
+    assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+    let _ = Method::Health;
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_wakes_long_polls_and_finishes_in_flight_requests() {
+    let n = start().await;
+    let (b, bob) = n.user().await;
+    let mb = mailbox(&bob);
+    let poll = tokio::spawn(async move { b.fetch_wait(&mb, 10, Duration::from_secs(50)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    n.node.stop().await;
+    let r = poll.await.unwrap();
+    assert!(r.map(|v| v.is_empty()).unwrap_or(true));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "drain did not wait for the long poll: {:?}",
+        t.elapsed()
+    );
+}
