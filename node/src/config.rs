@@ -114,7 +114,7 @@ impl Default for NodeConfig {
             rate_limit: 50,
             rate_burst: 100,
             max_connections: 4096,
-            max_streams_per_connection: 128,
+            max_streams_per_connection: 64,
             max_inflight_requests: 4096,
             drain_timeout: Duration::from_secs(10),
             default_ttl_secs: DEFAULT_TTL_SECS,

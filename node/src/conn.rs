@@ -11,14 +11,37 @@ use portable_atomic::{AtomicU32, Ordering};
 /// Mailboxes a connection keeps delivery cursors for; past this the least recently created
 /// cursor is dropped, which only means those messages are delivered again (never lost).
 pub(crate) const MAX_CURSORS: usize = 64;
-/// Push streams a connection may have open at once; further pushes are skipped (they are
-/// hints: FetchWait and Fetch still deliver).
-pub(crate) const MAX_PUSHES_IN_FLIGHT: u32 = 32;
+/// Mailboxes of one connection with a push in flight at once; pushes for further mailboxes
+/// are skipped (they are hints: FetchWait and Fetch still deliver).
+pub(crate) const MAX_PUSHES_IN_FLIGHT: usize = 32;
+/// Concurrent request streams a new connection is granted. quinn keeps per-connection state
+/// for every stream it permits, so idle clients get a small window; a connection that uses
+/// three quarters of it is raised to the configured maximum (see [`ConnState::stream_opened`]).
+pub(crate) const INITIAL_STREAMS: u32 = 16;
 
 #[derive(Debug, Default)]
 struct Auth {
     identity: Option<IdentityKey>,
     challenge: Option<(Nonce, Instant)>,
+}
+
+/// Push bookkeeping of one connection: which mailboxes have a push in flight (and the newest
+/// seq that arrived meanwhile), and which have a FetchWait pending (those need no push).
+#[derive(Debug, Default)]
+struct Pushes {
+    in_flight: HashMap<MailboxAddr, Option<u64>>,
+    long_polls: HashMap<MailboxAddr, u32>,
+}
+
+/// What to do about a new message for a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PushDecision {
+    /// Open a push stream now.
+    Send,
+    /// Nothing: a long poll will see it, or the push in flight will be followed by another.
+    Covered,
+    /// Too many pushes in flight on this connection.
+    Skip,
 }
 
 #[derive(Debug, Default)]
@@ -35,7 +58,9 @@ pub(crate) struct ConnState {
     pub(crate) quic: quinn::Connection,
     auth: Mutex<Auth>,
     cursors: Mutex<Cursors>,
-    pushes: AtomicU32,
+    pushes: Mutex<Pushes>,
+    streams: AtomicU32,
+    raised: portable_atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -46,8 +71,27 @@ impl ConnState {
             quic,
             auth: Mutex::new(Auth::default()),
             cursors: Mutex::new(Cursors::default()),
-            pushes: AtomicU32::new(0),
+            pushes: Mutex::new(Pushes::default()),
+            streams: AtomicU32::new(0),
+            raised: portable_atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Counts an accepted request stream; the first time a connection has three quarters of
+    /// its initial window in use, the window is raised to `max` (once, for good).
+    pub(crate) fn stream_opened(&self, max: u32) {
+        let open = self.streams.fetch_add(1, Ordering::AcqRel) + 1;
+        if open >= INITIAL_STREAMS * 3 / 4
+            && max > INITIAL_STREAMS
+            && !self.raised.swap(true, Ordering::AcqRel)
+        {
+            self.quic.set_max_concurrent_bi_streams(max.into());
+        }
+    }
+
+    /// Counts a finished request stream.
+    pub(crate) fn stream_closed(&self) {
+        self.streams.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn identity(&self) -> Option<IdentityKey> {
@@ -105,18 +149,58 @@ impl ConnState {
         Ok(out)
     }
 
-    /// Reserves a push slot; `false` when the connection has too many pushes in flight.
-    pub(crate) fn try_begin_push(&self) -> bool {
-        let prev = self.pushes.fetch_add(1, Ordering::AcqRel);
-        if prev >= MAX_PUSHES_IN_FLIGHT {
-            self.pushes.fetch_sub(1, Ordering::AcqRel);
-            false
-        } else {
-            true
+    fn pushes(&self) -> std::sync::MutexGuard<'_, Pushes> {
+        match self.pushes.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         }
     }
 
-    pub(crate) fn end_push(&self) {
-        self.pushes.fetch_sub(1, Ordering::AcqRel);
+    /// Decides whether message `seq` of `mailbox` needs a push stream on this connection.
+    pub(crate) fn push_decision(&self, mailbox: &MailboxAddr, seq: u64) -> PushDecision {
+        let mut p = self.pushes();
+        if p.long_polls.get(mailbox).is_some_and(|n| *n > 0) {
+            return PushDecision::Covered;
+        }
+        if let Some(latest) = p.in_flight.get_mut(mailbox) {
+            *latest = Some(latest.map_or(seq, |l| l.max(seq)));
+            return PushDecision::Covered;
+        }
+        if p.in_flight.len() >= MAX_PUSHES_IN_FLIGHT {
+            return PushDecision::Skip;
+        }
+        p.in_flight.insert(*mailbox, None);
+        PushDecision::Send
+    }
+
+    /// Ends the push in flight for `mailbox`; returns the newest seq that arrived meanwhile,
+    /// which the caller pushes next (the slot stays taken until then).
+    pub(crate) fn push_done(&self, mailbox: &MailboxAddr) -> Option<u64> {
+        let mut p = self.pushes();
+        match p.in_flight.get_mut(mailbox) {
+            Some(latest) => match latest.take() {
+                Some(next) => Some(next),
+                None => {
+                    p.in_flight.remove(mailbox);
+                    None
+                }
+            },
+            None => None,
+        }
+    }
+
+    /// Marks a FetchWait on `mailbox` as pending (pushes for it are unnecessary meanwhile).
+    pub(crate) fn long_poll_started(&self, mailbox: &MailboxAddr) {
+        *self.pushes().long_polls.entry(*mailbox).or_insert(0) += 1;
+    }
+
+    pub(crate) fn long_poll_ended(&self, mailbox: &MailboxAddr) {
+        let mut p = self.pushes();
+        if let Some(n) = p.long_polls.get_mut(mailbox) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                p.long_polls.remove(mailbox);
+            }
+        }
     }
 }

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_proto::{Method, Status};
 use ferry_store::{CommitObserver, Store};
 use portable_atomic::{AtomicU64, Ordering};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -47,13 +47,51 @@ pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Labels of `requests_total`.
-pub(crate) type RequestLabels = Vec<(&'static str, &'static str)>;
+/// Rows of the request table: every known method, then unknown ids, then frames too
+/// malformed to name a method.
+const METHOD_ROWS: usize = Method::ALL.len() + 2;
+const STATUS_COLS: usize = Status::ALL.len();
+
+/// `requests_total{method, status}` as a fixed table of counters: no allocation and no lock
+/// per request.
+#[derive(Debug)]
+pub(crate) struct Requests {
+    counts: Vec<AtomicU64>,
+}
+
+impl Requests {
+    fn new() -> Self {
+        Self {
+            counts: (0..METHOD_ROWS * STATUS_COLS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn row(method: Option<Method>, malformed: bool) -> usize {
+        match method {
+            _ if malformed => METHOD_ROWS - 1,
+            Some(m) => Method::ALL
+                .iter()
+                .position(|x| *x == m)
+                .unwrap_or(METHOD_ROWS - 2),
+            None => METHOD_ROWS - 2,
+        }
+    }
+
+    fn label(row: usize) -> &'static str {
+        match Method::ALL.get(row) {
+            Some(m) => m.name(),
+            None if row == METHOD_ROWS - 2 => "unknown",
+            None => "malformed",
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Metrics {
     pub(crate) c: Counters,
-    pub(crate) requests: Family<RequestLabels, Counter>,
+    requests: Requests,
     commit_seconds: Histogram,
     commit_ops: Histogram,
     started: Instant,
@@ -63,7 +101,7 @@ impl Metrics {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             c: Counters::default(),
-            requests: Family::default(),
+            requests: Requests::new(),
             // 50 µs .. ~3.3 s
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             // 1 .. 4096 operations
@@ -72,10 +110,13 @@ impl Metrics {
         })
     }
 
-    pub(crate) fn request(&self, method: &'static str, status: &'static str) {
-        self.requests
-            .get_or_create(&vec![("method", method), ("status", status)])
-            .inc();
+    /// Counts one answered request. `malformed`: no method could be read from the frame.
+    pub(crate) fn request(&self, method: Option<Method>, malformed: bool, status: Status) {
+        let col = Status::ALL.iter().position(|s| *s == status).unwrap_or(0);
+        let i = Requests::row(method, malformed) * STATUS_COLS + col;
+        if let Some(c) = self.requests.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -129,6 +170,30 @@ impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let c = &self.metrics.c;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        {
+            let m = ConstCounter::new(0u64);
+            let mut family = enc.encode_descriptor(
+                "requests",
+                "RPCs answered, by method and status.",
+                None,
+                m.metric_type(),
+            )?;
+            for (i, count) in self.metrics.requests.counts.iter().enumerate() {
+                let n = count.load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let status = Status::ALL
+                    .get(i % STATUS_COLS)
+                    .map(|s| s.name())
+                    .unwrap_or("?");
+                let labels = [
+                    ("method", Requests::label(i / STATUS_COLS)),
+                    ("status", status),
+                ];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "enqueue",
@@ -282,11 +347,6 @@ impl Collector for Scrape {
 /// The registry served at `/metrics`.
 pub(crate) fn registry(metrics: &Arc<Metrics>, store: &Store) -> Registry {
     let mut r = Registry::default();
-    r.register(
-        "requests",
-        "RPCs answered, by method and status.",
-        metrics.requests.clone(),
-    );
     r.register(
         "store_commit_seconds",
         "Duration of durable group commits.",

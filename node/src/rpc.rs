@@ -15,7 +15,7 @@ use ferry_store::{NewMessage, StoreError, StoredMessage};
 use prost::Message;
 
 use crate::auth::{self, CHALLENGE_TTL};
-use crate::conn::ConnState;
+use crate::conn::{ConnState, PushDecision};
 use crate::metrics::{add, inc};
 use crate::state::{SESSION_TTL, State};
 
@@ -311,10 +311,32 @@ fn new_message(
 /// Wakes long polls and pushes `NewMessage` to the recipient's connections.
 fn announce(state: &Arc<State>, mailbox: &MailboxAddr, seq: u64) {
     state.notify(mailbox);
-    let targets = state.connections_of(&mailbox.recipient);
-    if targets.is_empty() {
-        return;
+    for conn in state.connections_of(&mailbox.recipient) {
+        match conn.push_decision(mailbox, seq) {
+            PushDecision::Covered => continue,
+            PushDecision::Skip => {
+                inc(&state.metrics.c.push_skipped);
+                continue;
+            }
+            PushDecision::Send => {}
+        }
+        let state = Arc::clone(state);
+        let mailbox = *mailbox;
+        tokio::spawn(async move {
+            // One push stream at a time per mailbox; messages that arrive meanwhile are
+            // announced by one more push carrying the newest seq.
+            let mut next = Some(seq);
+            while let Some(seq) = next {
+                if push_new_message(&conn, &mailbox, seq).await {
+                    inc(&state.metrics.c.push_sent);
+                }
+                next = conn.push_done(&mailbox);
+            }
+        });
     }
+}
+
+async fn push_new_message(conn: &ConnState, mailbox: &MailboxAddr, seq: u64) -> bool {
     let event = pb::NewMessage {
         recipient_key: mailbox.recipient.as_bytes().to_vec(),
         channel_id: mailbox.channel.as_bytes().to_vec(),
@@ -323,28 +345,15 @@ fn announce(state: &Arc<State>, mailbox: &MailboxAddr, seq: u64) {
     };
     let Ok(frame) = ferry_proto::frame::encode_push_msg(PushEvent::NewMessage as u16, &event)
     else {
-        return;
+        return false;
     };
-    for conn in targets {
-        if !conn.try_begin_push() {
-            inc(&state.metrics.c.push_skipped);
-            continue;
-        }
-        let frame = frame.clone();
-        let state = Arc::clone(state);
-        tokio::spawn(async move {
-            let sent = async {
-                let mut s = conn.quic.open_uni().await.ok()?;
-                s.write_all(&frame).await.ok()?;
-                s.finish().ok()
-            }
-            .await;
-            conn.end_push();
-            if sent.is_some() {
-                inc(&state.metrics.c.push_sent);
-            }
-        });
+    async {
+        let mut s = conn.quic.open_uni().await.ok()?;
+        s.write_all(&frame).await.ok()?;
+        s.finish().ok()
     }
+    .await
+    .is_some()
 }
 
 async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
@@ -480,6 +489,7 @@ async fn fetch_wait(
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(w.timeout_ms);
     let notify = state.waiter(&w.read.mailbox);
+    conn.long_poll_started(&w.read.mailbox);
     let result = loop {
         // Register interest before looking, so an enqueue in between is not missed.
         let notified = notify.notified();
@@ -502,6 +512,7 @@ async fn fetch_wait(
             _ = tokio::time::sleep_until(deadline) => {}
         }
     };
+    conn.long_poll_ended(&w.read.mailbox);
     state.release_waiter(&w.read.mailbox, notify);
     let payloads = store!(state, result);
     inc(&state.metrics.c.fetch_wait);

@@ -87,7 +87,11 @@ fn server_config(cfg: &NodeConfig, c: cert::NodeCert) -> Result<quinn::ServerCon
     })?;
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(cfg.max_streams_per_connection.into())
+        .max_concurrent_bidi_streams(
+            cfg.max_streams_per_connection
+                .min(crate::conn::INITIAL_STREAMS)
+                .into(),
+        )
         .max_concurrent_uni_streams(0u32.into())
         // Each connection may buffer at most this much unread request data.
         .receive_window((8u32 * 1024 * 1024).into())
@@ -282,9 +286,16 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
     loop {
         match quic.accept_bi().await {
             Ok((send, recv)) => {
+                conn.stream_opened(state.cfg.max_streams_per_connection);
                 let state = Arc::clone(&state);
                 let conn = Arc::clone(&conn);
-                tokio::spawn(handle_stream(state, conn, send, recv).in_current_span());
+                tokio::spawn(
+                    async move {
+                        handle_stream(&state, &conn, send, recv).await;
+                        conn.stream_closed();
+                    }
+                    .in_current_span(),
+                );
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "connection closed");
@@ -329,8 +340,8 @@ async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, 
 }
 
 async fn handle_stream(
-    state: Arc<State>,
-    conn: Arc<ConnState>,
+    state: &Arc<State>,
+    conn: &Arc<ConnState>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -342,7 +353,7 @@ async fn handle_stream(
     match read {
         Ok(Ok(())) => {}
         Ok(Err(quinn::ReadExactError::FinishedEarly(got))) => {
-            state.metrics.request("malformed", "BadRequest");
+            state.metrics.request(None, true, Status::BadRequest);
             respond(
                 &mut send,
                 0,
@@ -358,16 +369,15 @@ async fn handle_stream(
     }
     let header = RequestHeader::from_bytes(&hdr);
     let rid = header.request_id;
-    let method_name = Method::from_id(header.method_id)
-        .map(Method::name)
-        .unwrap_or("unknown");
+    let method = Method::from_id(header.method_id);
+    let method_name = method.map(Method::name).unwrap_or("unknown");
     let len = match header.payload_len() {
         Ok(l) => l,
         Err(e) => {
             // Answer without reading the body, then tell the peer to stop sending it.
             state
                 .metrics
-                .request(method_name, Status::PayloadTooLarge.name());
+                .request(method, false, Status::PayloadTooLarge);
             respond(
                 &mut send,
                 rid,
@@ -381,9 +391,7 @@ async fn handle_stream(
     let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_body(&mut recv, len)).await {
         Ok(Ok(b)) => b,
         Ok(Err(got)) => {
-            state
-                .metrics
-                .request(method_name, Status::BadRequest.name());
+            state.metrics.request(method, false, Status::BadRequest);
             respond(
                 &mut send,
                 rid,
@@ -409,9 +417,7 @@ async fn handle_stream(
         && let Err(wait) = limiter.check(conn.remote.ip(), Instant::now())
     {
         inc(&state.metrics.c.rate_limit_hit);
-        state
-            .metrics
-            .request(method_name, Status::RateLimited.name());
+        state.metrics.request(method, false, Status::RateLimited);
         respond(
             &mut send,
             rid,
@@ -420,8 +426,8 @@ async fn handle_stream(
         .await;
         return;
     }
-    let reply = rpc::dispatch(&state, &conn, header.method_id, &body).await;
-    state.metrics.request(method_name, reply.status.name());
+    let reply = rpc::dispatch(state, conn, header.method_id, &body).await;
+    state.metrics.request(method, false, reply.status);
     if reply.status != Status::Ok {
         tracing::debug!(method = method_name, status = %reply.status, "request refused");
     }

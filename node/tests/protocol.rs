@@ -386,3 +386,59 @@ async fn shutdown_wakes_long_polls_and_finishes_in_flight_requests() {
         t.elapsed()
     );
 }
+
+#[tokio::test]
+async fn no_push_while_a_long_poll_is_pending() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let mut pushes = b.push_events().unwrap();
+    let b = std::sync::Arc::new(b);
+    let mb = mailbox(&bob);
+    let poll = {
+        let b = std::sync::Arc::clone(&b);
+        tokio::spawn(async move { b.fetch_wait(&mb, 10, Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.enqueue(&enqueue_req(&bob, b"polled", None))
+        .await
+        .unwrap();
+    assert_eq!(poll.await.unwrap().unwrap()[0].data, b"polled");
+    // The long poll carried it; a push would have arrived by now.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pushes.recv())
+            .await
+            .is_err(),
+        "a push was sent although a long poll was pending"
+    );
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_are_coalesced_and_end_with_the_newest_seq() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let mut pushes = b.push_events().unwrap();
+    let a = std::sync::Arc::new(a);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..50u8 {
+        let a = std::sync::Arc::clone(&a);
+        let req = enqueue_req(&bob, &[i], None);
+        set.spawn(async move { a.enqueue(&req).await.unwrap() });
+    }
+    while set.join_next().await.is_some() {}
+    let mut seqs = Vec::new();
+    while let Ok(Some(PushEvent::NewMessage(m))) =
+        tokio::time::timeout(Duration::from_millis(500), pushes.recv()).await
+    {
+        seqs.push(m.seq);
+    }
+    assert!(!seqs.is_empty() && seqs.len() <= 50, "{seqs:?}");
+    assert_eq!(
+        seqs.iter().max(),
+        Some(&50),
+        "the newest message is always announced: {seqs:?}"
+    );
+    n.node.stop().await;
+}

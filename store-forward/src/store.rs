@@ -1,6 +1,6 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -145,6 +145,10 @@ pub(crate) struct Shared {
     pub(crate) counters: WriterCounters,
     pub(crate) observer: Option<Arc<dyn CommitObserver>>,
     pub(crate) closed: portable_atomic::AtomicBool,
+    /// Operations submitted and not yet taken by the writer. The channel itself is unbounded
+    /// (a bounded std channel would allocate and touch every slot up front); this count is
+    /// what bounds it.
+    pub(crate) queued: portable_atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -158,7 +162,7 @@ impl std::fmt::Debug for Shared {
 #[derive(Clone, Debug)]
 pub struct Store {
     shared: Arc<Shared>,
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -233,7 +237,7 @@ impl Store {
         }
         let io = Arc::new(IoCounters::default());
         let db = open_database(&path, &config, &io)?;
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
             path,
@@ -242,6 +246,7 @@ impl Store {
             counters: WriterCounters::default(),
             observer,
             closed: portable_atomic::AtomicBool::new(false),
+            queued: portable_atomic::AtomicUsize::new(0),
         });
         let writer_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
@@ -267,17 +272,14 @@ impl Store {
 
     fn submit<T>(&self, op: WriteOp, map: fn(Outcome) -> Result<T, StoreError>) -> Pending<T> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { op, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => {
-                self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
-                let _ = job
-                    .reply
-                    .send(Err(StoreError::Busy(self.shared.config.queue_capacity)));
-            }
-            Err(TrySendError::Disconnected(job)) => {
-                let _ = job.reply.send(Err(StoreError::Closed));
-            }
+        let capacity = self.shared.config.queue_capacity.max(1);
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(Err(StoreError::Busy(capacity)));
+        } else if let Err(mpsc::SendError(job)) = self.tx.send(Job { op, reply }) {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = job.reply.send(Err(StoreError::Closed));
         }
         Pending::new(rx, map)
     }
@@ -329,6 +331,9 @@ impl Store {
     /// `close` fail with [`StoreError::Closed`].
     pub fn close(&self) {
         let (reply, rx) = oneshot::channel();
+        // Counted like any operation (the writer uncounts everything it takes), but never
+        // refused for capacity.
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
         if self
             .tx
             .send(Job {
@@ -338,6 +343,8 @@ impl Store {
             .is_ok()
         {
             let _ = rx.recv();
+        } else {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
         }
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {

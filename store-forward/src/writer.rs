@@ -83,6 +83,7 @@ pub(crate) fn run(shared: &Arc<Shared>, rx: &Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         // Everything queued before a shutdown is still committed; nothing after it is taken.
         if let Some(pos) = batch.iter().position(|j| matches!(j.op, WriteOp::Shutdown)) {
             stopping = true;
@@ -156,7 +157,7 @@ fn apply_all(db: &Database, cfg: &StoreConfig, batch: &[Job]) -> Result<Outcomes
                 Err(ApplyError::Fatal(e)) => return Err(e),
             }
         }
-        t.flush_meta()?;
+        t.flush()?;
     }
     txn.commit()?;
     Ok(outcomes)
@@ -194,9 +195,23 @@ struct Meta {
     dirty: bool,
 }
 
+/// A row cached for the length of one transaction and written once at its end.
+struct Cached<T> {
+    value: T,
+    dirty: bool,
+}
+
 pub(crate) struct Tables<'t> {
     meta_table: Table<'t, &'static str, u64>,
     meta: Meta,
+    /// Mailbox rows (id, last seq) touched in this transaction, by encoded address. A batch
+    /// mostly writes to a few mailboxes; this turns a get and a put per message into one
+    /// get and one put per mailbox.
+    mailbox_rows: HashMap<Vec<u8>, Cached<(u64, u64)>>,
+    /// Recipient usage (messages, bytes) touched in this transaction.
+    usage_rows: HashMap<IdentityKey, Cached<(u64, u64)>>,
+    /// Recipient of each mailbox id looked up in this transaction (read-only rows).
+    recipient_of: HashMap<u64, IdentityKey>,
     mailboxes: Table<'t, &'static [u8], (u64, u64)>,
     addrs: Table<'t, u64, &'static [u8]>,
     messages: Table<'t, (u64, u64), &'static [u8]>,
@@ -237,10 +252,28 @@ impl<'t> Tables<'t> {
             hybrid: txn.open_table(HYBRID_KEYS)?,
             fingerprints: txn.open_table(FINGERPRINTS)?,
             swept_this_txn: false,
+            mailbox_rows: HashMap::new(),
+            usage_rows: HashMap::new(),
+            recipient_of: HashMap::new(),
         })
     }
 
-    fn flush_meta(&mut self) -> Result<(), StoreError> {
+    /// Writes the rows cached during the transaction.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (addr, row) in self.mailbox_rows.drain() {
+            if row.dirty {
+                self.mailboxes.insert(addr.as_slice(), row.value)?;
+            }
+        }
+        for (recipient, row) in self.usage_rows.drain() {
+            if row.dirty {
+                if row.value.0 == 0 {
+                    self.recipients.remove(recipient.as_bytes())?;
+                } else {
+                    self.recipients.insert(recipient.as_bytes(), row.value)?;
+                }
+            }
+        }
         if self.meta.dirty {
             self.meta_table.insert(META_MESSAGES, self.meta.messages)?;
             self.meta_table.insert(META_BYTES, self.meta.bytes)?;
@@ -251,20 +284,66 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    fn mailbox(&self, addr_bytes: &[u8]) -> Result<Option<(u64, u64)>, StoreError> {
-        Ok(self.mailboxes.get(addr_bytes)?.map(|v| v.value()))
+    /// The (id, last seq) row of a mailbox, through the transaction's cache.
+    fn mailbox(&mut self, addr_bytes: &[u8]) -> Result<Option<(u64, u64)>, StoreError> {
+        if let Some(row) = self.mailbox_rows.get(addr_bytes) {
+            return Ok(Some(row.value));
+        }
+        let found = self.mailboxes.get(addr_bytes)?.map(|v| v.value());
+        if let Some(value) = found {
+            self.mailbox_rows.insert(
+                addr_bytes.to_vec(),
+                Cached {
+                    value,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(found)
     }
 
-    fn usage(&self, recipient: &IdentityKey) -> Result<(u64, u64), StoreError> {
-        Ok(self
+    fn set_mailbox(&mut self, addr_bytes: &[u8], value: (u64, u64)) {
+        match self.mailbox_rows.get_mut(addr_bytes) {
+            Some(row) => {
+                row.value = value;
+                row.dirty = true;
+            }
+            None => {
+                self.mailbox_rows
+                    .insert(addr_bytes.to_vec(), Cached { value, dirty: true });
+            }
+        }
+    }
+
+    /// A recipient's (messages, bytes), through the transaction's cache.
+    fn usage(&mut self, recipient: &IdentityKey) -> Result<(u64, u64), StoreError> {
+        if let Some(row) = self.usage_rows.get(recipient) {
+            return Ok(row.value);
+        }
+        let value = self
             .recipients
             .get(recipient.as_bytes())?
             .map(|v| v.value())
-            .unwrap_or((0, 0)))
+            .unwrap_or((0, 0));
+        self.usage_rows.insert(
+            *recipient,
+            Cached {
+                value,
+                dirty: false,
+            },
+        );
+        Ok(value)
     }
 
-    /// Removes one message from the accounting of its recipient and the node.
-    fn uncount(&mut self, mailbox_id: u64, payload_len: u64) -> Result<(), StoreError> {
+    fn set_usage(&mut self, recipient: IdentityKey, value: (u64, u64)) {
+        self.usage_rows
+            .insert(recipient, Cached { value, dirty: true });
+    }
+
+    fn recipient_of(&mut self, mailbox_id: u64) -> Result<IdentityKey, StoreError> {
+        if let Some(r) = self.recipient_of.get(&mailbox_id) {
+            return Ok(*r);
+        }
         let recipient = match self.addrs.get(mailbox_id)? {
             Some(a) => schema::decode_addr(a.value())?.recipient,
             None => {
@@ -274,14 +353,16 @@ impl<'t> Tables<'t> {
                 });
             }
         };
+        self.recipient_of.insert(mailbox_id, recipient);
+        Ok(recipient)
+    }
+
+    /// Removes one message from the accounting of its recipient and the node.
+    fn uncount(&mut self, mailbox_id: u64, payload_len: u64) -> Result<(), StoreError> {
+        let recipient = self.recipient_of(mailbox_id)?;
         let c = payload_len + MESSAGE_OVERHEAD;
         let (n, b) = self.usage(&recipient)?;
-        let (n, b) = (n.saturating_sub(1), b.saturating_sub(c));
-        if n == 0 {
-            self.recipients.remove(recipient.as_bytes())?;
-        } else {
-            self.recipients.insert(recipient.as_bytes(), (n, b))?;
-        }
+        self.set_usage(recipient, (n.saturating_sub(1), b.saturating_sub(c)));
         self.meta.messages = self.meta.messages.saturating_sub(1);
         self.meta.bytes = self.meta.bytes.saturating_sub(c);
         self.meta.dirty = true;
@@ -450,6 +531,7 @@ impl<'t> Tables<'t> {
                 self.meta.next_mailbox += 1;
                 self.meta.dirty = true;
                 self.addrs.insert(id, addr.as_slice())?;
+                self.recipient_of.insert(id, m.mailbox.recipient);
                 (id, 0)
             }
         };
@@ -468,7 +550,7 @@ impl<'t> Tables<'t> {
             payload: &m.payload,
         }
         .encode();
-        self.mailboxes.insert(addr.as_slice(), (id, seq))?;
+        self.set_mailbox(&addr, (id, seq));
         self.messages.insert((id, seq), record.as_slice())?;
         self.dedup
             .insert((*m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
@@ -476,8 +558,7 @@ impl<'t> Tables<'t> {
             .insert((m.expires_at_ms, id, seq), *m.message_id.as_bytes())?;
         let c = cost(m.payload.len());
         let (n, b) = self.usage(&m.mailbox.recipient)?;
-        self.recipients
-            .insert(m.mailbox.recipient.as_bytes(), (n + 1, b + c))?;
+        self.set_usage(m.mailbox.recipient, (n + 1, b + c));
         self.meta.messages += 1;
         self.meta.bytes += c;
         self.meta.dirty = true;

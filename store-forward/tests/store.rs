@@ -462,3 +462,44 @@ fn close_releases_the_file_for_reopening() {
     assert_eq!(second.depth().unwrap(), 1);
     assert!(matches!(first.depth(), Err(StoreError::Closed)));
 }
+
+#[test]
+fn a_full_writer_queue_refuses_with_busy_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path().join("busy.redb"),
+        StoreConfig {
+            queue_capacity: 1,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    // Submitting takes microseconds, a durable commit far longer: most of these find the
+    // queue full.
+    let pending: Vec<_> = (0..500u64)
+        .map(|i| s.enqueue(msg(mailbox(1), i, b"p", T0, HOUR)))
+        .collect();
+    let mut ok = 0u64;
+    let mut busy = 0u64;
+    for p in pending {
+        match p.wait() {
+            Ok(_) => ok += 1,
+            Err(e @ StoreError::Busy(1)) => {
+                assert!(e.is_transient());
+                busy += 1;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(busy > 0 && ok > 0, "ok {ok}, busy {busy}");
+    assert_eq!(s.writer_stats().busy, busy);
+    assert_eq!(
+        s.depth().unwrap(),
+        ok,
+        "every accepted write is stored, no refused one is"
+    );
+    // Once drained, the queue accepts again.
+    s.enqueue(msg(mailbox(1), 10_000, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark one Ferry node on loopback: durable one-to-one throughput (64 in flight),
+# fan-in from 50 senders, enqueue->ack and end-to-end latency, idle and peak RSS, RSS with
+# 1,000 idle authenticated connections, and the fsync-bound ceiling of the disk, all in one run.
+#
+#   scripts/bench-node.sh                 # 200,000 messages per run
+#   MESSAGES=50000 scripts/bench-node.sh  # quicker
+#
+# Not a test: it prints figures. The node runs the release build (the router profile) with
+# the rate limit off; its data directory is on the project's disk, never tmpfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MESSAGES=${MESSAGES:-200000}
+FANIN_SENDERS=${FANIN_SENDERS:-50}
+FANIN_IN_FLIGHT=${FANIN_IN_FLIGHT:-16}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-1000}
+
+cargo build --release --locked -p ferry-node --bin ferry
+BIN=target/release/ferry
+DATA=$(mktemp -d "$PWD/target/bench-node.XXXXXX")
+LOG="$DATA.log"
+cleanup() {
+  if [ -n "${PID:-}" ] && kill -0 "$PID" 2>/dev/null; then kill -TERM "$PID"; wait "$PID" || true; fi
+  rm -rf "$DATA" "$LOG"
+}
+trap cleanup EXIT
+
+"$BIN" node --data-dir "$DATA" --listen 127.0.0.1:0 --rate-limit 0 --log info 2>"$LOG" &
+PID=$!
+for _ in $(seq 1 100); do
+  grep -q "accepting QUIC connections" "$LOG" 2>/dev/null && break
+  sleep 0.1
+done
+LINE=$(grep "accepting QUIC connections" "$LOG")
+ADDR=$(sed -E 's/.* addr=([^ ]+).*/\1/' <<<"$LINE")
+FP=$(sed -E 's/.* fingerprint=([^ ]+).*/\1/' <<<"$LINE")
+sleep 1
+
+rss() { awk -v f="$1:" '$1==f {print $2}' "/proc/$PID/status"; }
+echo "== Ferry node benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "host: $(nproc) cores, $(uname -r); binary $(stat -c %s "$BIN") bytes ($(git describe --always --dirty 2>/dev/null || echo unknown))"
+echo "data dir on: $(df -T "$DATA" | awk 'NR==2 {print $2}') ($DATA)"
+echo "node idle RSS: $(awk -v k="$(rss VmRSS)" 'BEGIN {printf "%.1f MiB", k/1024}')"
+echo
+
+# Memory with many clients is measured first, on the fresh node; throughput runs leave the
+# allocator holding pages it reuses later, which the "peak" line at the end shows.
+echo "== $IDLE_CONNECTIONS idle authenticated connections (fresh node)"
+"$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --no-throughput \
+  --idle-connections "$IDLE_CONNECTIONS"
+echo
+
+echo "== one sender -> one recipient, 64 in flight"
+"$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --data-dir "$DATA" \
+  --messages "$MESSAGES" --senders 1 --in-flight 64
+echo
+echo "== $FANIN_SENDERS senders -> one recipient, $FANIN_IN_FLIGHT in flight each"
+"$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --data-dir "$DATA" \
+  --messages "$MESSAGES" --senders "$FANIN_SENDERS" --in-flight "$FANIN_IN_FLIGHT"
+echo
+echo "== again $IDLE_CONNECTIONS idle authenticated connections (after the throughput runs)"
+"$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --no-throughput \
+  --idle-connections "$IDLE_CONNECTIONS"
+echo
+echo "node peak RSS (VmHWM): $(awk -v k="$(rss VmHWM)" 'BEGIN {printf "%.1f MiB", k/1024}')"
+kill -TERM "$PID"
+wait "$PID"
+echo "node exited $? after SIGTERM"
+PID=
