@@ -16,6 +16,7 @@ FANIN_SENDERS=${FANIN_SENDERS:-50}
 FANIN_IN_FLIGHT=${FANIN_IN_FLIGHT:-16}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-1000}
 
+command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
 cargo build --release --locked -p ferry-node --bin ferry
 BIN=target/release/ferry
 DATA=$(mktemp -d "$PWD/target/bench-node.XXXXXX")
@@ -26,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" node --data-dir "$DATA" --listen 127.0.0.1:0 --rate-limit 0 --log info 2>"$LOG" &
+"$BIN" node --data-dir "$DATA" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --rate-limit 0 --log info 2>"$LOG" &
 PID=$!
 for _ in $(seq 1 100); do
   grep -q "accepting QUIC connections" "$LOG" 2>/dev/null && break
@@ -35,7 +36,19 @@ done
 LINE=$(grep "accepting QUIC connections" "$LOG")
 ADDR=$(sed -E 's/.* addr=([^ ]+).*/\1/' <<<"$LINE")
 FP=$(sed -E 's/.* fingerprint=([^ ]+).*/\1/' <<<"$LINE")
+METRICS=$(grep "serving /metrics" "$LOG" | sed -E 's/.* addr=([^ ]+).*/\1/')
 sleep 1
+metric() { curl -s "http://$METRICS/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+wear() {
+  # bytes handed to the file system and fsyncs per message stored, since the last call
+  local w s c
+  w=$(metric store_bytes_written_total); s=$(metric store_fsyncs_total); c=$(metric store_commits_total)
+  local n=$1
+  awk -v w="$w" -v w0="${W0:-0}" -v s="$s" -v s0="${S0:-0}" -v c="$c" -v c0="${C0:-0}" -v n="$n" 'BEGIN {
+    printf "  flash wear:                 %.0f bytes written and %.3f fsyncs per message; %.1f messages per commit\n",
+      (w-w0)/n, (s-s0)/n, n/(c-c0) }'
+  W0=$w; S0=$s; C0=$c
+}
 
 rss() { awk -v f="$1:" '$1==f {print $2}' "/proc/$PID/status"; }
 echo "== Ferry node benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -51,13 +64,16 @@ echo "== $IDLE_CONNECTIONS idle authenticated connections (fresh node)"
   --idle-connections "$IDLE_CONNECTIONS"
 echo
 
+W0=$(metric store_bytes_written_total); S0=$(metric store_fsyncs_total); C0=$(metric store_commits_total)
 echo "== one sender -> one recipient, 64 in flight"
 "$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --data-dir "$DATA" \
   --messages "$MESSAGES" --senders 1 --in-flight 64
+wear "$MESSAGES"
 echo
 echo "== $FANIN_SENDERS senders -> one recipient, $FANIN_IN_FLIGHT in flight each"
 "$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --data-dir "$DATA" \
   --messages "$MESSAGES" --senders "$FANIN_SENDERS" --in-flight "$FANIN_IN_FLIGHT"
+wear "$MESSAGES"
 echo
 echo "== again $IDLE_CONNECTIONS idle authenticated connections (after the throughput runs)"
 "$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --no-throughput \

@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Seconds to let in-flight requests finish on shutdown.
     pub drain_timeout_secs: Option<u64>,
+    /// Request body bytes buffered at once over all connections.
+    pub max_request_bytes_in_flight: Option<usize>,
     /// TTL for messages that ask for the default (`ttl_secs = 0`).
     pub default_ttl_secs: Option<u32>,
     /// Longest TTL accepted.
@@ -86,6 +88,10 @@ pub struct NodeConfig {
     pub max_streams_per_connection: u32,
     /// Concurrent RPCs in the whole node at most (beyond that, streams wait).
     pub max_inflight_requests: usize,
+    /// Request body bytes the node buffers at once, over all connections. A request takes
+    /// its declared length from this budget before its body is read, so slow or malicious
+    /// senders cannot make the node buffer more than this.
+    pub max_request_bytes_in_flight: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// TTL applied to `ttl_secs = 0`.
@@ -116,6 +122,7 @@ impl Default for NodeConfig {
             max_connections: 4096,
             max_streams_per_connection: 64,
             max_inflight_requests: 4096,
+            max_request_bytes_in_flight: 32 * 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
             default_ttl_secs: DEFAULT_TTL_SECS,
             max_ttl_secs: DEFAULT_MAX_TTL_SECS,
@@ -159,6 +166,9 @@ impl NodeConfig {
         }
         if let Some(v) = f.drain_timeout_secs {
             self.drain_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = f.max_request_bytes_in_flight {
+            self.max_request_bytes_in_flight = v;
         }
         if let Some(v) = f.default_ttl_secs {
             self.default_ttl_secs = v;

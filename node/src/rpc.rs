@@ -129,14 +129,6 @@ fn envelope(m: StoredMessage) -> pb::Envelope {
     }
 }
 
-/// Methods callable before authentication.
-fn is_public(m: Method) -> bool {
-    matches!(
-        m,
-        Method::Health | Method::AuthChallenge | Method::AuthResponse | Method::ResumeSession
-    )
-}
-
 /// Answers one request.
 pub(crate) async fn dispatch(
     state: &Arc<State>,
@@ -150,24 +142,22 @@ pub(crate) async fn dispatch(
             format!("method id {method_id} is not registered"),
         );
     };
-    let identity = conn.identity();
-    let me = match identity {
-        Some(id) => id,
-        None if is_public(method) => IdentityKey::from_array([0; 32]),
-        None => {
-            return Reply::err(
-                Status::Unauthorized,
-                format!(
-                    "{method} needs an authenticated connection: call AuthChallenge (104) and AuthResponse (105) first"
-                ),
-            );
-        }
+    match method {
+        Method::Health => return health(state),
+        Method::AuthChallenge => return challenge(conn, payload),
+        Method::AuthResponse => return auth_response(state, conn, payload),
+        Method::ResumeSession => return resume(state, conn, payload),
+        _ => {}
+    }
+    let Some(me) = conn.identity() else {
+        return Reply::err(
+            Status::Unauthorized,
+            format!(
+                "{method} needs an authenticated connection: call AuthChallenge (104) and AuthResponse (105) first"
+            ),
+        );
     };
     match method {
-        Method::Health => health(state),
-        Method::AuthChallenge => challenge(conn, payload),
-        Method::AuthResponse => auth_response(state, conn, payload),
-        Method::ResumeSession => resume(state, conn, payload),
         Method::Enqueue => enqueue(state, me, payload).await,
         Method::BatchEnqueue => batch_enqueue(state, me, payload).await,
         Method::Fetch => fetch(state, conn, me, payload),

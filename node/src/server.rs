@@ -22,7 +22,9 @@ use crate::{NodeConfig, NodeError, cert};
 
 /// How long a client has to complete the QUIC handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to deliver a whole request frame once it opened the stream.
+/// How long a client has to send the 10-byte request header once it opened a stream.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to deliver the request body once the header arrived.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A started node.
@@ -345,11 +347,9 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let Ok(_permit) = Arc::clone(&state.inflight).acquire_owned().await else {
-        return;
-    };
+    // The header costs nothing to wait for: no permit or buffer is held meanwhile.
     let mut hdr = [0u8; RequestHeader::LEN];
-    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_exact(&mut hdr)).await;
+    let read = tokio::time::timeout(HEADER_READ_TIMEOUT, recv.read_exact(&mut hdr)).await;
     match read {
         Ok(Ok(())) => {}
         Ok(Err(quinn::ReadExactError::FinishedEarly(got))) => {
@@ -370,7 +370,6 @@ async fn handle_stream(
     let header = RequestHeader::from_bytes(&hdr);
     let rid = header.request_id;
     let method = Method::from_id(header.method_id);
-    let method_name = method.map(Method::name).unwrap_or("unknown");
     let len = match header.payload_len() {
         Ok(l) => l,
         Err(e) => {
@@ -388,6 +387,44 @@ async fn handle_stream(
             return;
         }
     };
+    if let Some(limiter) = &state.limiter
+        && let Err(wait) = limiter.check(conn.remote.ip(), Instant::now())
+    {
+        inc(&state.metrics.c.rate_limit_hit);
+        state.metrics.request(method, false, Status::RateLimited);
+        respond(
+            &mut send,
+            rid,
+            &Reply::retry(Status::RateLimited, "rate limit exceeded; back off", wait),
+        )
+        .await;
+        let _ = recv.stop(0u32.into());
+        return;
+    }
+    // Reserve the body's bytes before reading it: this address's share first (refused, not
+    // queued, when exceeded), then the node-wide budget (at most MAX_PAYLOAD: fits in u32).
+    let Some(_share) = state.reserve_body(conn.remote.ip(), len) else {
+        inc(&state.metrics.c.rate_limit_hit);
+        state.metrics.request(method, false, Status::RateLimited);
+        respond(
+            &mut send,
+            rid,
+            &Reply::retry(
+                Status::RateLimited,
+                "too many request bytes in flight from your address",
+                Duration::from_secs(1),
+            ),
+        )
+        .await;
+        let _ = recv.stop(0u32.into());
+        return;
+    };
+    let Ok(_bytes) = Arc::clone(&state.body_budget)
+        .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
+        .await
+    else {
+        return;
+    };
     let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_body(&mut recv, len)).await {
         Ok(Ok(b)) => b,
         Ok(Err(got)) => {
@@ -404,6 +441,9 @@ async fn handle_stream(
             return;
         }
         Err(_) => {
+            state
+                .metrics
+                .request(method, false, Status::DeadlineExceeded);
             respond(
                 &mut send,
                 rid,
@@ -413,23 +453,17 @@ async fn handle_stream(
             return;
         }
     };
-    if let Some(limiter) = &state.limiter
-        && let Err(wait) = limiter.check(conn.remote.ip(), Instant::now())
-    {
-        inc(&state.metrics.c.rate_limit_hit);
-        state.metrics.request(method, false, Status::RateLimited);
-        respond(
-            &mut send,
-            rid,
-            &Reply::retry(Status::RateLimited, "rate limit exceeded; back off", wait),
-        )
-        .await;
+    let Ok(_permit) = Arc::clone(&state.inflight).acquire_owned().await else {
         return;
-    }
+    };
     let reply = rpc::dispatch(state, conn, header.method_id, &body).await;
     state.metrics.request(method, false, reply.status);
     if reply.status != Status::Ok {
-        tracing::debug!(method = method_name, status = %reply.status, "request refused");
+        tracing::debug!(
+            method = method.map(Method::name).unwrap_or("unknown"),
+            status = %reply.status,
+            "request refused"
+        );
     }
     respond(&mut send, rid, &reply).await;
 }

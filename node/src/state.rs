@@ -1,6 +1,7 @@
 //! State shared by all connections of a node.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,11 @@ pub(crate) struct State {
     pub(crate) drain: Notify,
     /// Bounds RPCs in flight; shutdown waits until every permit is back.
     pub(crate) inflight: Arc<Semaphore>,
+    /// Request body bytes buffered at once (one permit per byte).
+    pub(crate) body_budget: Arc<Semaphore>,
+    /// Request body bytes buffered per client IP, capped at a quarter of the budget so one
+    /// address cannot hold all of it.
+    body_by_ip: Mutex<HashMap<IpAddr, usize>>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) open_conns: AtomicU64,
     registry: Mutex<HashMap<IdentityKey, Vec<Weak<ConnState>>>>,
@@ -59,6 +65,10 @@ impl State {
             (cfg.rate_limit > 0).then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, 16_384));
         Self {
             inflight: Arc::new(Semaphore::new(cfg.max_inflight_requests)),
+            body_budget: Arc::new(Semaphore::new(
+                cfg.max_request_bytes_in_flight
+                    .clamp(ferry_proto::limits::MAX_PAYLOAD, Semaphore::MAX_PERMITS),
+            )),
             store,
             limiter,
             metrics,
@@ -67,12 +77,32 @@ impl State {
             cfg,
             draining: AtomicBool::new(false),
             drain: Notify::new(),
+            body_by_ip: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             open_conns: AtomicU64::new(0),
             registry: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts `len` body bytes against `ip`'s share; `None` when that would exceed it.
+    pub(crate) fn reserve_body(self: &Arc<Self>, ip: IpAddr, len: usize) -> Option<BodyShare> {
+        let cap = (self.cfg.max_request_bytes_in_flight / 4).max(ferry_proto::limits::MAX_PAYLOAD);
+        let mut m = self.body_by_ip.lock().ok()?;
+        let used = m.entry(ip).or_insert(0);
+        if *used + len > cap {
+            if *used == 0 {
+                m.remove(&ip);
+            }
+            return None;
+        }
+        *used += len;
+        Some(BodyShare {
+            state: Arc::clone(self),
+            ip,
+            len,
+        })
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -174,6 +204,26 @@ impl State {
                 None
             }
             None => None,
+        }
+    }
+}
+
+/// A client IP's reservation of request body bytes; released on drop.
+pub(crate) struct BodyShare {
+    state: Arc<State>,
+    ip: IpAddr,
+    len: usize,
+}
+
+impl Drop for BodyShare {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.state.body_by_ip.lock()
+            && let Some(used) = m.get_mut(&self.ip)
+        {
+            *used = used.saturating_sub(self.len);
+            if *used == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }

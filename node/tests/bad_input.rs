@@ -447,3 +447,65 @@ async fn thousands_of_streams_are_bounded_and_others_are_still_served() {
     assert_eq!(answered, 3000, "every stream was eventually answered");
     n.node.stop().await;
 }
+
+#[tokio::test]
+async fn stalled_requests_from_one_address_do_not_starve_another() {
+    let n = start_with(|c| c.max_request_bytes_in_flight = 16 * 1024 * 1024).await;
+    let attacker = n.client().await;
+    let mut held = Vec::new();
+    // Half a header on many streams holds nothing.
+    for _ in 0..40 {
+        let (mut s, r) = attacker.connection().open_bi().await.unwrap();
+        s.write_all(&[0, 200, 0, 0, 0]).await.unwrap();
+        held.push((s, r));
+    }
+    // Bodies declared but never sent hold this address's share (a quarter: 4 MiB).
+    let header = |rid| {
+        RequestHeader {
+            method_id: Method::Enqueue.id(),
+            request_id: rid,
+            declared_len: 1024 * 1024,
+        }
+        .to_bytes()
+    };
+    for rid in 0..4 {
+        let (mut s, r) = attacker.connection().open_bi().await.unwrap();
+        s.write_all(&header(rid)).await.unwrap();
+        s.write_all(&[0; 10]).await.unwrap();
+        held.push((s, r));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The fifth is refused at once, not queued.
+    let (mut s, mut r) = attacker.connection().open_bi().await.unwrap();
+    s.write_all(&header(9)).await.unwrap();
+    let mut hdr = [0u8; ResponseHeader::LEN];
+    tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut hdr))
+        .await
+        .expect("answered without waiting")
+        .unwrap();
+    assert_eq!(
+        ResponseHeader::from_bytes(&hdr).status().unwrap(),
+        Status::RateLimited
+    );
+    // A client from another address is served promptly, writes included.
+    let addr: std::net::SocketAddr = n.addr.parse().unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+    let victim = Client::connect_on(&endpoint, &n.addr, &n.opts())
+        .await
+        .unwrap();
+    assert_eq!(victim.connection().remote_address(), addr);
+    let id = Identity::generate().unwrap();
+    let t = Instant::now();
+    victim.authenticate(&id).await.unwrap();
+    victim
+        .enqueue(&enqueue_req(&id, &[1u8; 1024], None))
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "victim waited {:?}",
+        t.elapsed()
+    );
+    drop(held);
+    n.node.stop().await;
+}
