@@ -187,6 +187,7 @@ fn health(state: &State) -> Reply {
         version: env!("CARGO_PKG_VERSION").into(),
         queue_depth: depth,
         node_id: state.node_id.clone(),
+        mesh_node_id: Vec::new(),
     })
 }
 

@@ -44,6 +44,15 @@ pub mod qpq {
     }
 }
 
+/// Generated `ferry.mesh.v1` types: the link protocol between nodes.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod mesh {
+    /// Package `ferry.mesh.v1`.
+    pub mod v1 {
+        include!("gen/ferry.mesh.v1.rs");
+    }
+}
+
 /// Generated `ferry.e2e.v1` types: the plaintext clients seal end to end.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod e2e {

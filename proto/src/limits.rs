@@ -55,3 +55,22 @@ pub const MAX_FETCH_WAIT_MS: u64 = 60_000;
 pub const DEFAULT_TTL_SECS: u32 = 7 * 24 * 3600;
 /// Default node maximum TTL: 30 days.
 pub const DEFAULT_MAX_TTL_SECS: u32 = 30 * 24 * 3600;
+
+/// ALPN of the mesh link protocol.
+pub const ALPN_MESH: &[u8] = b"ferry/mesh/1";
+/// Mesh link protocol version spoken by this build.
+pub const MESH_PROTOCOL_VERSION: u32 = 1;
+/// Default UDP port of mesh links.
+pub const DEFAULT_MESH_PORT: u16 = 5002;
+/// Largest link frame: a bundle of the largest message plus its fields.
+pub const MAX_LINK_FRAME: usize = MAX_PAYLOAD + 64 * 1024;
+/// Default hop limit of a bundle.
+pub const DEFAULT_HOP_LIMIT: u8 = 16;
+/// Largest broadcast payload.
+pub const MAX_BROADCAST_PAYLOAD: usize = 64 * 1024;
+/// Default hop limit of a broadcast.
+pub const DEFAULT_BROADCAST_HOPS: u8 = 8;
+/// Broadcast topic ids are 32 bytes.
+pub const TOPIC_LEN: usize = 32;
+/// Bundle digests are 16 bytes.
+pub const DIGEST_LEN: usize = 16;

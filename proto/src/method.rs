@@ -1,4 +1,4 @@
-//! Method ids (u16) of qpq v2, the documented table of 49 plus Ferry's 104-106, and the push
+//! Method ids (u16) of qpq v2, the documented table of 49 plus Ferry's 104-107 and 810-811, and the push
 //! event types 1000-1003. Ids are stable and never reused.
 //!
 //! A node implements a subset; any other id, listed here or not, is answered with
@@ -20,6 +20,8 @@ pub mod ids {
     pub const AUTH_RESPONSE: u16 = 105;
     /// `ResumeSession` (106).
     pub const RESUME_SESSION: u16 = 106;
+    /// `Attach` (107). Ferry.
+    pub const ATTACH: u16 = 107;
     /// `Enqueue` (200).
     pub const ENQUEUE: u16 = 200;
     /// `Fetch` (201).
@@ -96,6 +98,10 @@ pub mod ids {
     pub const RESOLVE_ENDPOINT: u16 = 801;
     /// `Health` (802).
     pub const HEALTH: u16 = 802;
+    /// `BroadcastPublish` (810). Ferry.
+    pub const BROADCAST_PUBLISH: u16 = 810;
+    /// `BroadcastFetch` (811). Ferry.
+    pub const BROADCAST_FETCH: u16 = 811;
     /// `RelayEnqueue` (900).
     pub const RELAY_ENQUEUE: u16 = 900;
     /// `RelayBatchEnqueue` (901).
@@ -139,6 +145,8 @@ pub enum Method {
     AuthResponse = 105,
     /// 106. Ferry.
     ResumeSession = 106,
+    /// 107. Ferry.
+    Attach = 107,
     /// 200.
     Enqueue = 200,
     /// 201.
@@ -215,6 +223,10 @@ pub enum Method {
     ResolveEndpoint = 801,
     /// 802.
     Health = 802,
+    /// 810. Ferry.
+    BroadcastPublish = 810,
+    /// 811. Ferry.
+    BroadcastFetch = 811,
     /// 900.
     RelayEnqueue = 900,
     /// 901.
@@ -233,7 +245,7 @@ pub enum Method {
 
 impl Method {
     /// Every known method, in id order.
-    pub const ALL: [Method; 52] = [
+    pub const ALL: [Method; 55] = [
         Method::OpaqueRegisterStart,
         Method::OpaqueRegisterFinish,
         Method::OpaqueLoginStart,
@@ -241,6 +253,7 @@ impl Method {
         Method::AuthChallenge,
         Method::AuthResponse,
         Method::ResumeSession,
+        Method::Attach,
         Method::Enqueue,
         Method::Fetch,
         Method::FetchWait,
@@ -279,6 +292,8 @@ impl Method {
         Method::PublishEndpoint,
         Method::ResolveEndpoint,
         Method::Health,
+        Method::BroadcastPublish,
+        Method::BroadcastFetch,
         Method::RelayEnqueue,
         Method::RelayBatchEnqueue,
         Method::ProxyFetchKeyPackage,
@@ -308,6 +323,7 @@ impl Method {
             Method::AuthChallenge => "AuthChallenge",
             Method::AuthResponse => "AuthResponse",
             Method::ResumeSession => "ResumeSession",
+            Method::Attach => "Attach",
             Method::Enqueue => "Enqueue",
             Method::Fetch => "Fetch",
             Method::FetchWait => "FetchWait",
@@ -346,6 +362,8 @@ impl Method {
             Method::PublishEndpoint => "PublishEndpoint",
             Method::ResolveEndpoint => "ResolveEndpoint",
             Method::Health => "Health",
+            Method::BroadcastPublish => "BroadcastPublish",
+            Method::BroadcastFetch => "BroadcastFetch",
             Method::RelayEnqueue => "RelayEnqueue",
             Method::RelayBatchEnqueue => "RelayBatchEnqueue",
             Method::ProxyFetchKeyPackage => "ProxyFetchKeyPackage",

@@ -1,7 +1,8 @@
 //! Byte strings that get signed. Both sides build them here, so they cannot drift apart.
 
 use crate::limits::NONCE_LEN;
-use crate::types::{IdentityKey, MessageId};
+use crate::types::{HybridPublicKey, IdentityKey, MessageId, NodeId};
+use sha2::{Digest, Sha256};
 
 /// Domain separator of the connection authentication transcript (method 105).
 pub const AUTH_DOMAIN: &[u8] = b"ferry/qpq/auth/v1";
@@ -56,5 +57,26 @@ pub fn e2e_transcript(
     // Bodies are bounded by the frame limit, far below u32::MAX.
     out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(body);
+    out
+}
+
+/// Domain separator of presence claims.
+pub const PRESENCE_DOMAIN: &[u8] = b"ferry/mesh/presence/v1";
+
+/// The bytes a user signs to claim attachment at a node (Attach, and mesh presence):
+/// `PRESENCE_DOMAIN || 0x00 || user || node || timestamp_ms (BE) || SHA-256(hybrid key)`.
+pub fn presence_transcript(
+    user: &IdentityKey,
+    node: &NodeId,
+    timestamp_ms: u64,
+    hybrid: &HybridPublicKey,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PRESENCE_DOMAIN.len() + 1 + 32 + 32 + 8 + 32);
+    out.extend_from_slice(PRESENCE_DOMAIN);
+    out.push(0);
+    out.extend_from_slice(user.as_bytes());
+    out.extend_from_slice(node.as_bytes());
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&Sha256::digest(hybrid.as_bytes()));
     out
 }

@@ -160,6 +160,112 @@ impl FromStr for Fingerprint {
     }
 }
 
+/// A node's mesh identity: its Ed25519 public key (iroh's endpoint id). 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId([u8; 32]);
+
+impl NodeId {
+    /// Wraps 32 bytes.
+    pub const fn from_array(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Checks the length of a protobuf field.
+    pub fn from_field(bytes: &[u8], field: &'static str) -> Result<Self, ProtoError> {
+        fixed(bytes, field, "32 bytes (a node key)").map(Self)
+    }
+
+    /// The raw key.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        HEXLOWER_PERMISSIVE.encode(&self.0)
+    }
+
+    /// The first 5 bytes as hex: a short name for logs and tables.
+    pub fn short(&self) -> String {
+        HEXLOWER_PERMISSIVE.encode(self.0.get(..5).unwrap_or(&self.0))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.short())
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = ProtoError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.len() != 64 {
+            return Err(ProtoError::Parse {
+                what: "node id",
+                reason: "expected 64 hex characters",
+            });
+        }
+        let bytes = HEXLOWER_PERMISSIVE
+            .decode(s.as_bytes())
+            .map_err(|_| ProtoError::Parse {
+                what: "node id",
+                reason: "not hexadecimal",
+            })?;
+        Self::from_field(&bytes, "node id")
+    }
+}
+
+/// Identifies a bundle in the mesh: SHA-256(message_id || recipient_key), first 16 bytes.
+/// BatchEnqueue gives many recipients one message id, so the id alone is not enough.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BundleDigest([u8; 16]);
+
+impl BundleDigest {
+    /// The digest of a message for a recipient.
+    pub fn of(message_id: &MessageId, recipient: &IdentityKey) -> Self {
+        let mut h = Sha256::new();
+        h.update(message_id.as_bytes());
+        h.update(recipient.as_bytes());
+        let full: [u8; 32] = h.finalize().into();
+        let mut d = [0u8; 16];
+        d.copy_from_slice(full.get(..16).unwrap_or(&[0u8; 16]));
+        Self(d)
+    }
+
+    /// Wraps 16 bytes.
+    pub const fn from_array(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// Checks the length of a protobuf field.
+    pub fn from_field(bytes: &[u8], field: &'static str) -> Result<Self, ProtoError> {
+        fixed(bytes, field, "16 bytes (a bundle digest)").map(Self)
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BundleDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Digest({})",
+            HEXLOWER_PERMISSIVE.encode(self.0.get(..6).unwrap_or(&self.0))
+        )
+    }
+}
+
 /// The client-chosen idempotency key of a message. 16 bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId([u8; MESSAGE_ID_LEN]);

@@ -15,6 +15,7 @@ pub const PROTO_FILES: &[&str] = &[
     "qpq/v1/p2p.proto",
     "qpq/v1/push.proto",
     "ferry/e2e/v1/message.proto",
+    "ferry/mesh/v1/link.proto",
 ];
 
 /// The `proto/` directory.

@@ -99,6 +99,30 @@ pub struct ResumeSessionResponse {
     #[prost(bytes = "vec", tag = "1")]
     pub identity_key: ::prost::alloc::vec::Vec<u8>,
 }
+/// 107 Attach (Ferry). After authenticating, a client signs a presence claim naming this node, so
+/// that every node of the mesh routes its mail here and can encrypt to it. signature is Ed25519
+/// by the connection's identity over
+///    "ferry/mesh/presence/v1" || 0x00 || identity_key(32) || node_id(32) || timestamp_ms (u64 BE)
+///    || SHA-256(hybrid_public_key)
+/// node_id is the node's mesh id (HealthResponse.mesh_node_id). It also stores the hybrid key,
+/// replacing UploadHybridKey for Ferry clients.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AttachRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub node_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub timestamp_ms: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub hybrid_public_key: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AttachResponse {
+    /// Messages that were waiting in this node's custody and are now in the mailbox.
+    #[prost(uint64, tag = "1")]
+    pub delivered: u64,
+}
 /// Carries a token for federation and internal use.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Auth {
@@ -387,6 +411,61 @@ pub struct HealthResponse {
     /// Short id of the node (hex of the first 8 bytes of its certificate's SHA-256).
     #[prost(string, tag = "5")]
     pub node_id: ::prost::alloc::string::String,
+    /// The node's mesh key (32 bytes), which presence claims name; empty without a mesh.
+    #[prost(bytes = "vec", tag = "6")]
+    pub mesh_node_id: ::prost::alloc::vec::Vec<u8>,
+}
+/// 810 BroadcastPublish (Ferry): flood a message to a topic. The topic id and the sealing of the
+/// payload are the client's (a key derived from the topic passphrase); nodes see neither.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BroadcastPublishRequest {
+    /// 32 bytes
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic: ::prost::alloc::vec::Vec<u8>,
+    /// at most 64 KiB
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// 16 bytes; dedup key
+    #[prost(bytes = "vec", tag = "3")]
+    pub message_id: ::prost::alloc::vec::Vec<u8>,
+    /// 0 = node default (8)
+    #[prost(uint32, tag = "4")]
+    pub hop_limit: u32,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BroadcastPublishResponse {
+    #[prost(bool, tag = "1")]
+    pub duplicate: bool,
+}
+/// 811 BroadcastFetch (Ferry): the recent messages of a topic this node holds (the last few per
+/// topic are kept for late joiners), after a cursor; long-polls up to timeout_ms.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BroadcastFetchRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub after_seq: u64,
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
+    #[prost(uint64, tag = "4")]
+    pub timeout_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BroadcastEnvelope {
+    /// this node's sequence for the topic
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub message_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub received_at_ms: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BroadcastFetchResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub messages: ::prost::alloc::vec::Vec<BroadcastEnvelope>,
 }
 /// 1000 NewMessage: a message was stored in a mailbox of the connection's identity.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
