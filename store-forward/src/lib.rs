@@ -33,6 +33,7 @@
 
 mod backend;
 mod config;
+mod custody;
 mod error;
 mod pending;
 mod schema;
@@ -40,6 +41,7 @@ mod store;
 mod writer;
 
 pub use config::StoreConfig;
+pub use custody::{BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
 pub use error::{QuotaScope, StoreError};
 pub use pending::Pending;
 pub use store::{

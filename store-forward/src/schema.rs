@@ -41,12 +41,24 @@ pub(crate) const HYBRID_KEYS: TableDefinition<'_, [u8; 32], &[u8]> =
     TableDefinition::new("hybrid_keys");
 pub(crate) const FINGERPRINTS: TableDefinition<'_, [u8; 32], [u8; 32]> =
     TableDefinition::new("fingerprints");
+/// Bundles in custody (mesh transit): digest -> custody record.
+pub(crate) const CUSTODY: TableDefinition<'_, [u8; 16], &[u8]> = TableDefinition::new("custody");
+/// (recipient, digest) -> (): custody by recipient.
+pub(crate) const CUSTODY_BY_RECIPIENT: TableDefinition<'_, ([u8; 32], [u8; 16]), ()> =
+    TableDefinition::new("custody_by_recipient");
+/// (expires_at_ms, digest) -> (): custody by expiry.
+pub(crate) const CUSTODY_EXPIRY: TableDefinition<'_, (u64, [u8; 16]), ()> =
+    TableDefinition::new("custody_expiry");
+/// user -> timestamp_ms (8 bytes BE) || the user's presence claim as the mesh encodes it.
+pub(crate) const PRESENCE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("presence");
 
 pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_NEXT_MAILBOX: &str = "next_mailbox_id";
 pub(crate) const META_MESSAGES: &str = "stored_messages";
 pub(crate) const META_BYTES: &str = "stored_bytes";
 pub(crate) const META_EXPIRED: &str = "expired_total";
+pub(crate) const META_CUSTODY_COUNT: &str = "custody_bundles";
+pub(crate) const META_CUSTODY_BYTES: &str = "custody_bytes";
 
 /// Accounting overhead per stored message on top of its payload: keys, indexes and the record
 /// header. Quotas count `payload + MESSAGE_OVERHEAD`.

@@ -6,15 +6,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferry_proto::types::{
-    Fingerprint, HybridKeyLookup, HybridPublicKey, IdentityKey, MailboxAddr, MessageId,
+    BundleDigest, Fingerprint, HybridKeyLookup, HybridPublicKey, IdentityKey, MailboxAddr,
+    MessageId,
 };
 use portable_atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::backend::{CountingBackend, IoCounters};
+use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport};
 use crate::schema::{
-    self, EXPIRY, FINGERPRINTS, HYBRID_KEYS, MAILBOXES, MESSAGES, META, META_BYTES, META_EXPIRED,
-    META_MESSAGES, META_SCHEMA, SCHEMA_VERSION,
+    self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
+    MAILBOXES, MESSAGES, META, META_BYTES, META_CUSTODY_BYTES, META_CUSTODY_COUNT, META_EXPIRED,
+    META_MESSAGES, META_SCHEMA, PRESENCE, SCHEMA_VERSION,
 };
 use crate::writer::{self, Job, WriteOp};
 use crate::{Pending, StoreConfig, StoreError};
@@ -101,6 +104,10 @@ pub struct StoreStats {
     pub oldest_enqueued_ms: Option<u64>,
     /// Size of the database file.
     pub file_bytes: u64,
+    /// Bundles in custody (mesh transit).
+    pub custody_bundles: u64,
+    /// Accounted bytes of bundles in custody.
+    pub custody_bytes: u64,
     /// Writer counters since open.
     pub writer: WriterStats,
 }
@@ -127,6 +134,10 @@ pub(crate) enum Outcome {
     Batch(Vec<Enqueued>),
     Acked(u64),
     Swept(u64),
+    Custody(CustodyOutcome),
+    Delivered(DeliverReport),
+    Evicted(Vec<CustodyEntry>),
+    Count(u64),
     Done,
 }
 
@@ -214,6 +225,10 @@ pub(crate) fn open_database(
         txn.open_table(schema::RECIPIENTS)?;
         txn.open_table(HYBRID_KEYS)?;
         txn.open_table(FINGERPRINTS)?;
+        txn.open_table(CUSTODY)?;
+        txn.open_table(CUSTODY_BY_RECIPIENT)?;
+        txn.open_table(CUSTODY_EXPIRY)?;
+        txn.open_table(PRESENCE)?;
     }
     txn.commit()?;
     Ok(db)
@@ -322,6 +337,112 @@ impl Store {
     pub fn sweep(&self, now_ms: u64) -> Pending<u64> {
         self.submit(WriteOp::Sweep { now_ms }, |o| match o {
             Outcome::Swept(n) => Ok(n),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Puts a bundle into custody, or with `deliver_local` straight into its mailbox here.
+    pub fn custody_put(
+        &self,
+        record: BundleRecord,
+        deliver_local: bool,
+        now_ms: u64,
+    ) -> Pending<CustodyOutcome> {
+        self.submit(
+            WriteOp::CustodyPut {
+                record,
+                deliver_local,
+                now_ms,
+            },
+            |o| match o {
+                Outcome::Custody(c) => Ok(c),
+                _ => Err(StoreError::Closed),
+            },
+        )
+    }
+
+    /// Deletes bundles from custody (the next hop has them); returns how many were there.
+    pub fn custody_delete(&self, digests: Vec<BundleDigest>) -> Pending<u64> {
+        self.submit(WriteOp::CustodyDelete(digests), |o| match o {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Moves bundles from custody into their mailboxes here.
+    pub fn custody_deliver(
+        &self,
+        digests: Vec<BundleDigest>,
+        now_ms: u64,
+    ) -> Pending<DeliverReport> {
+        self.submit(WriteOp::CustodyDeliver { digests, now_ms }, |o| match o {
+            Outcome::Delivered(r) => Ok(r),
+            _ => Err(StoreError::Closed),
+        })
+    }
+
+    /// Moves every bundle in custody for `recipient` into their mailboxes here.
+    pub fn custody_deliver_recipient(
+        &self,
+        recipient: IdentityKey,
+        now_ms: u64,
+    ) -> Pending<DeliverReport> {
+        self.submit(
+            WriteOp::CustodyDeliverRecipient { recipient, now_ms },
+            |o| match o {
+                Outcome::Delivered(r) => Ok(r),
+                _ => Err(StoreError::Closed),
+            },
+        )
+    }
+
+    /// Turns `recipient`'s mailboxes here into custody bundles (their home moved away).
+    pub fn evict(
+        &self,
+        recipient: IdentityKey,
+        now_ms: u64,
+        hop_limit: u8,
+    ) -> Pending<Vec<CustodyEntry>> {
+        self.submit(
+            WriteOp::Evict {
+                recipient,
+                now_ms,
+                hop_limit,
+            },
+            |o| match o {
+                Outcome::Evicted(v) => Ok(v),
+                _ => Err(StoreError::Closed),
+            },
+        )
+    }
+
+    /// Stores a user's presence claim (opaque to the store) if newer than the one kept, and
+    /// their hybrid key with it. Resolves to whether it was newer.
+    pub fn put_presence(
+        &self,
+        user: IdentityKey,
+        timestamp_ms: u64,
+        claim: Vec<u8>,
+        hybrid: HybridPublicKey,
+    ) -> Pending<bool> {
+        self.submit(
+            WriteOp::PutPresence {
+                user,
+                timestamp_ms,
+                claim,
+                hybrid,
+            },
+            |o| match o {
+                Outcome::Count(n) => Ok(n > 0),
+                _ => Err(StoreError::Closed),
+            },
+        )
+    }
+
+    /// Stores a small named counter (for example the mesh's route seqno).
+    pub fn put_meta(&self, key: &'static str, value: u64) -> Pending<()> {
+        self.submit(WriteOp::PutMeta { key, value }, |o| match o {
+            Outcome::Done => Ok(()),
             _ => Err(StoreError::Closed),
         })
     }
@@ -484,6 +605,51 @@ impl Store {
             .map(|(id, _)| id))
     }
 
+    /// A bundle in custody.
+    pub fn custody_get(&self, digest: &BundleDigest) -> Result<Option<BundleRecord>, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(CUSTODY)?;
+        let found = t.get(digest.as_bytes())?;
+        found.map(|v| custody::decode(v.value())).transpose()
+    }
+
+    /// Everything in custody, in digest order.
+    pub fn custody_list(&self) -> Result<Vec<CustodyEntry>, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(CUSTODY)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            out.push(custody::decode(v.value())?.summary());
+        }
+        Ok(out)
+    }
+
+    /// Every stored presence claim (as the mesh encoded it).
+    pub fn presence_all(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(PRESENCE)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            if let Some(claim) = v.value().get(8..) {
+                out.push(claim.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// A small named counter.
+    pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value()))
+    }
+
     /// Messages stored in all mailboxes (cheap: one counter).
     pub fn depth(&self) -> Result<u64, StoreError> {
         let db = self.db()?;
@@ -538,6 +704,8 @@ impl Store {
             expired_total: get(META_EXPIRED)?,
             oldest_enqueued_ms: oldest,
             file_bytes,
+            custody_bundles: get(META_CUSTODY_COUNT)?,
+            custody_bytes: get(META_CUSTODY_BYTES)?,
             writer: self.writer_stats(),
         })
     }

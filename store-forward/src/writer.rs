@@ -9,13 +9,16 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use ferry_proto::types::{HybridPublicKey, IdentityKey, MailboxAddr};
+use ferry_proto::types::{BundleDigest, HybridPublicKey, IdentityKey, MailboxAddr};
 use portable_atomic::Ordering;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
+use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
 use crate::schema::{
-    self, DEDUP, EXPIRY, FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD,
-    MESSAGES, META, META_BYTES, META_EXPIRED, META_MESSAGES, META_NEXT_MAILBOX, RECIPIENTS, Record,
+    self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
+    MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD, MESSAGES, META, META_BYTES, META_CUSTODY_BYTES,
+    META_CUSTODY_COUNT, META_EXPIRED, META_MESSAGES, META_NEXT_MAILBOX, PRESENCE, RECIPIENTS,
+    Record,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
 use crate::{QuotaScope, StoreConfig, StoreError};
@@ -34,6 +37,35 @@ pub(crate) enum WriteOp {
     Sweep {
         now_ms: u64,
     },
+    CustodyPut {
+        record: BundleRecord,
+        deliver_local: bool,
+        now_ms: u64,
+    },
+    CustodyDelete(Vec<BundleDigest>),
+    CustodyDeliver {
+        digests: Vec<BundleDigest>,
+        now_ms: u64,
+    },
+    CustodyDeliverRecipient {
+        recipient: IdentityKey,
+        now_ms: u64,
+    },
+    Evict {
+        recipient: IdentityKey,
+        now_ms: u64,
+        hop_limit: u8,
+    },
+    PutPresence {
+        user: IdentityKey,
+        timestamp_ms: u64,
+        claim: Vec<u8>,
+        hybrid: HybridPublicKey,
+    },
+    PutMeta {
+        key: &'static str,
+        value: u64,
+    },
     Shutdown,
 }
 
@@ -42,6 +74,7 @@ impl WriteOp {
         match self {
             WriteOp::Enqueue(m) => m.payload.len(),
             WriteOp::EnqueueBatch(v) => v.iter().map(|m| m.payload.len()).sum(),
+            WriteOp::CustodyPut { record, .. } => record.payload.len(),
             _ => 0,
         }
     }
@@ -182,6 +215,71 @@ fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome,
             Ok(Outcome::Done)
         }
         WriteOp::Sweep { now_ms } => Ok(Outcome::Swept(t.sweep(*now_ms, cfg.sweep_batch)?)),
+        WriteOp::CustodyPut {
+            record,
+            deliver_local,
+            now_ms,
+        } => Ok(Outcome::Custody(t.custody_put(
+            cfg,
+            record,
+            *deliver_local,
+            *now_ms,
+        )?)),
+        WriteOp::CustodyDelete(digests) => {
+            let mut n = 0;
+            for d in digests {
+                if t.custody_remove(d)?.is_some() {
+                    n += 1;
+                }
+            }
+            Ok(Outcome::Count(n))
+        }
+        WriteOp::CustodyDeliver { digests, now_ms } => Ok(Outcome::Delivered(
+            t.custody_deliver(cfg, digests, *now_ms)?,
+        )),
+        WriteOp::CustodyDeliverRecipient { recipient, now_ms } => {
+            let digests = t.custody_of(recipient)?;
+            Ok(Outcome::Delivered(
+                t.custody_deliver(cfg, &digests, *now_ms)?,
+            ))
+        }
+        WriteOp::Evict {
+            recipient,
+            now_ms,
+            hop_limit,
+        } => Ok(Outcome::Evicted(t.evict(recipient, *now_ms, *hop_limit)?)),
+        WriteOp::PutPresence {
+            user,
+            timestamp_ms,
+            claim,
+            hybrid,
+        } => {
+            let newer = t
+                .presence
+                .get(user.as_bytes())?
+                .map(|v| {
+                    v.value()
+                        .first_chunk::<8>()
+                        .map(|b| u64::from_be_bytes(*b))
+                        .unwrap_or(0)
+                })
+                .is_none_or(|old| old < *timestamp_ms);
+            if newer {
+                let mut v = Vec::with_capacity(8 + claim.len());
+                v.extend_from_slice(&timestamp_ms.to_be_bytes());
+                v.extend_from_slice(claim);
+                t.presence.insert(user.as_bytes(), v.as_slice())?;
+                t.hybrid
+                    .insert(user.as_bytes(), hybrid.as_bytes().as_slice())?;
+                t.fingerprints
+                    .insert(user.fingerprint().as_bytes(), user.as_bytes())?;
+            }
+            Ok(Outcome::Count(u64::from(newer)))
+        }
+        WriteOp::PutMeta { key, value } => {
+            t.meta_table.insert(*key, *value)?;
+            Ok(Outcome::Done)
+        }
         WriteOp::Shutdown => Ok(Outcome::Done),
     }
 }
@@ -192,6 +290,8 @@ struct Meta {
     bytes: u64,
     next_mailbox: u64,
     expired: u64,
+    custody_count: u64,
+    custody_bytes: u64,
     dirty: bool,
 }
 
@@ -220,6 +320,10 @@ pub(crate) struct Tables<'t> {
     recipients: Table<'t, [u8; 32], (u64, u64)>,
     hybrid: Table<'t, [u8; 32], &'static [u8]>,
     fingerprints: Table<'t, [u8; 32], [u8; 32]>,
+    custody: Table<'t, [u8; 16], &'static [u8]>,
+    custody_by_recipient: Table<'t, ([u8; 32], [u8; 16]), ()>,
+    custody_expiry: Table<'t, (u64, [u8; 16]), ()>,
+    presence: Table<'t, [u8; 32], &'static [u8]>,
     swept_this_txn: bool,
 }
 
@@ -238,6 +342,8 @@ impl<'t> Tables<'t> {
             bytes: get(META_BYTES)?,
             next_mailbox: get(META_NEXT_MAILBOX)?.max(1),
             expired: get(META_EXPIRED)?,
+            custody_count: get(META_CUSTODY_COUNT)?,
+            custody_bytes: get(META_CUSTODY_BYTES)?,
             dirty: false,
         };
         Ok(Self {
@@ -251,6 +357,10 @@ impl<'t> Tables<'t> {
             recipients: txn.open_table(RECIPIENTS)?,
             hybrid: txn.open_table(HYBRID_KEYS)?,
             fingerprints: txn.open_table(FINGERPRINTS)?,
+            custody: txn.open_table(CUSTODY)?,
+            custody_by_recipient: txn.open_table(CUSTODY_BY_RECIPIENT)?,
+            custody_expiry: txn.open_table(CUSTODY_EXPIRY)?,
+            presence: txn.open_table(PRESENCE)?,
             swept_this_txn: false,
             mailbox_rows: HashMap::new(),
             usage_rows: HashMap::new(),
@@ -280,6 +390,10 @@ impl<'t> Tables<'t> {
             self.meta_table
                 .insert(META_NEXT_MAILBOX, self.meta.next_mailbox)?;
             self.meta_table.insert(META_EXPIRED, self.meta.expired)?;
+            self.meta_table
+                .insert(META_CUSTODY_COUNT, self.meta.custody_count)?;
+            self.meta_table
+                .insert(META_CUSTODY_BYTES, self.meta.custody_bytes)?;
         }
         Ok(())
     }
@@ -417,6 +531,21 @@ impl<'t> Tables<'t> {
                 removed += 1;
             }
         }
+        let mut due_custody = Vec::new();
+        for item in self.custody_expiry.range(..=(now_ms, [0xff; 16]))? {
+            if due_custody.len() >= limit {
+                break;
+            }
+            let (k, _) = item?;
+            due_custody.push(k.value().1);
+        }
+        for d in due_custody {
+            if self.custody_remove(&BundleDigest::from_array(d))?.is_some() {
+                self.meta.expired += 1;
+                self.meta.dirty = true;
+                removed += 1;
+            }
+        }
         Ok(removed)
     }
 
@@ -444,7 +573,13 @@ impl<'t> Tables<'t> {
         };
         for attempt in 0..2 {
             let mut over = None;
-            if self.meta.bytes.saturating_add(total) > cfg.max_total_bytes {
+            if self
+                .meta
+                .bytes
+                .saturating_add(self.meta.custody_bytes)
+                .saturating_add(total)
+                > cfg.max_total_bytes
+            {
                 over = Some((QuotaScope::GlobalBytes, cfg.max_total_bytes));
             }
             for (r, (n, b)) in per_recipient {
@@ -566,6 +701,213 @@ impl<'t> Tables<'t> {
             seq,
             duplicate: false,
         })
+    }
+
+    fn custody_insert(&mut self, r: &BundleRecord) -> Result<(), StoreError> {
+        let d = *r.digest().as_bytes();
+        self.custody.insert(d, custody::encode(r).as_slice())?;
+        self.custody_by_recipient
+            .insert((*r.mailbox.recipient.as_bytes(), d), ())?;
+        self.custody_expiry.insert((r.expires_at_ms, d), ())?;
+        self.meta.custody_count += 1;
+        self.meta.custody_bytes += cost(r.payload.len());
+        self.meta.dirty = true;
+        Ok(())
+    }
+
+    fn custody_remove(&mut self, d: &BundleDigest) -> Result<Option<BundleRecord>, StoreError> {
+        let Some(raw) = self.custody.remove(d.as_bytes())? else {
+            return Ok(None);
+        };
+        let r = custody::decode(raw.value())?;
+        drop(raw);
+        self.custody_by_recipient
+            .remove((*r.mailbox.recipient.as_bytes(), *d.as_bytes()))?;
+        self.custody_expiry
+            .remove((r.expires_at_ms, *d.as_bytes()))?;
+        self.meta.custody_count = self.meta.custody_count.saturating_sub(1);
+        self.meta.custody_bytes = self
+            .meta
+            .custody_bytes
+            .saturating_sub(cost(r.payload.len()));
+        self.meta.dirty = true;
+        Ok(Some(r))
+    }
+
+    fn custody_of(&self, recipient: &IdentityKey) -> Result<Vec<BundleDigest>, StoreError> {
+        let r = *recipient.as_bytes();
+        let mut out = Vec::new();
+        for item in self
+            .custody_by_recipient
+            .range((r, [0u8; 16])..=(r, [0xffu8; 16]))?
+        {
+            let (k, _) = item?;
+            out.push(BundleDigest::from_array(k.value().1));
+        }
+        Ok(out)
+    }
+
+    /// Whether a mailbox here already took this message (and keeps its dedup entry).
+    fn delivered_here(&mut self, r: &BundleRecord, now_ms: u64) -> Result<bool, StoreError> {
+        let addr = schema::encode_addr(&r.mailbox);
+        let Some((id, _)) = self.mailbox(&addr)? else {
+            return Ok(false);
+        };
+        Ok(self
+            .dedup
+            .get((*r.message_id.as_bytes(), id))?
+            .is_some_and(|v| v.value().1 > now_ms))
+    }
+
+    fn custody_put(
+        &mut self,
+        cfg: &StoreConfig,
+        r: &BundleRecord,
+        deliver_local: bool,
+        now_ms: u64,
+    ) -> Result<CustodyOutcome, ApplyError> {
+        if r.expires_at_ms <= now_ms {
+            return Ok(CustodyOutcome::Expired);
+        }
+        if deliver_local {
+            let m = NewMessage {
+                mailbox: r.mailbox,
+                message_id: r.message_id,
+                sender: r.sender,
+                payload: r.payload.clone(),
+                enqueued_at_ms: now_ms,
+                expires_at_ms: r.expires_at_ms,
+            };
+            return match self.enqueue_all(cfg, std::slice::from_ref(&m)) {
+                Ok(v) => Ok(match v.first() {
+                    Some(e) if !e.duplicate => CustodyOutcome::Delivered(e.seq),
+                    _ => CustodyOutcome::Duplicate,
+                }),
+                Err(ApplyError::Refused(_)) => Ok(CustodyOutcome::Full),
+                Err(e) => Err(e),
+            };
+        }
+        if self.custody.get(r.digest().as_bytes())?.is_some() || self.delivered_here(r, now_ms)? {
+            return Ok(CustodyOutcome::Duplicate);
+        }
+        let c = cost(r.payload.len());
+        for attempt in 0..2 {
+            let used = self.meta.bytes.saturating_add(self.meta.custody_bytes);
+            if used.saturating_add(c) <= cfg.max_total_bytes {
+                break;
+            }
+            if attempt == 1 || self.swept_this_txn {
+                return Ok(CustodyOutcome::Full);
+            }
+            self.sweep_for_space(now_ms, cfg.sweep_batch)?;
+        }
+        self.custody_insert(r)?;
+        Ok(CustodyOutcome::Stored)
+    }
+
+    /// Moves bundles from custody into their mailboxes.
+    fn custody_deliver(
+        &mut self,
+        cfg: &StoreConfig,
+        digests: &[BundleDigest],
+        now_ms: u64,
+    ) -> Result<DeliverReport, ApplyError> {
+        let mut report = DeliverReport::default();
+        for d in digests {
+            let Some(r) = self.custody_remove(d)? else {
+                report.missing.push(*d);
+                continue;
+            };
+            if r.expires_at_ms <= now_ms {
+                self.meta.expired += 1;
+                report.missing.push(*d);
+                continue;
+            }
+            let m = NewMessage {
+                mailbox: r.mailbox,
+                message_id: r.message_id,
+                sender: r.sender,
+                payload: r.payload.clone(),
+                enqueued_at_ms: now_ms,
+                expires_at_ms: r.expires_at_ms,
+            };
+            match self.enqueue_all(cfg, std::slice::from_ref(&m)) {
+                Ok(v) => report.delivered.push(Delivery {
+                    digest: *d,
+                    mailbox: r.mailbox,
+                    seq: v.first().filter(|e| !e.duplicate).map(|e| e.seq),
+                }),
+                Err(ApplyError::Refused(_)) => {
+                    self.custody_insert(&r)?;
+                    report.refused.push(*d);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Turns every message in `recipient`'s mailboxes here into a custody bundle, forgetting
+    /// their dedup entries (the messages may come back here later).
+    fn evict(
+        &mut self,
+        recipient: &IdentityKey,
+        now_ms: u64,
+        hop_limit: u8,
+    ) -> Result<Vec<CustodyEntry>, StoreError> {
+        let prefix = recipient.as_bytes();
+        let mut boxes = Vec::new();
+        for item in self.mailboxes.range(prefix.as_slice()..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            boxes.push((schema::decode_addr(k.value())?, v.value().0));
+        }
+        let mut out = Vec::new();
+        for (addr, id) in boxes {
+            let mut taken = Vec::new();
+            for item in self
+                .messages
+                .extract_from_if((id, 0)..=(id, u64::MAX), |_, _| true)?
+            {
+                let (k, v) = item?;
+                let rec = schema::decode_record(v.value())?;
+                taken.push((
+                    k.value().1,
+                    rec.message_id,
+                    rec.sender,
+                    rec.expires_at_ms,
+                    rec.payload.to_vec(),
+                ));
+            }
+            for (seq, message_id, sender, expires_at_ms, payload) in taken {
+                let key = (*message_id.as_bytes(), id);
+                if self.dedup.get(key)?.is_some_and(|v| v.value().0 == seq) {
+                    self.dedup.remove(key)?;
+                }
+                self.uncount(id, payload.len() as u64)?;
+                if expires_at_ms <= now_ms {
+                    continue;
+                }
+                let r = BundleRecord {
+                    mailbox: addr,
+                    message_id,
+                    sender,
+                    received_at_ms: now_ms,
+                    expires_at_ms,
+                    hop_count: 0,
+                    hop_limit,
+                    from: None,
+                    payload,
+                };
+                if self.custody.get(r.digest().as_bytes())?.is_none() {
+                    self.custody_insert(&r)?;
+                    out.push(r.summary());
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn ack(&mut self, mailbox: &MailboxAddr, seq_up_to: u64) -> Result<u64, StoreError> {

@@ -152,13 +152,21 @@ fn acknowledged_writes_survive_sigkill() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
+            let mut lines = Vec::new();
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if l.ends_with("READY") {
+                    let _ = ready_tx.send(());
+                }
+                lines.push(l);
+            }
+            lines
         });
-        // Let it get going, then kill it at a random moment.
+        // Kill at a random moment after the child is writing.
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("child did not start writing");
         let delay = Duration::from_millis(30 + (seed.rotate_left(cycle as u32) % 400));
         let started = Instant::now();
         std::thread::sleep(delay);
