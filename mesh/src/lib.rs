@@ -34,4 +34,7 @@ mod det;
 pub mod sim;
 pub mod wire;
 
+#[cfg(feature = "driver")]
+pub mod driver;
+
 pub use crate::core::{BundleMeta, Config, Mesh, Output, PeerSource, Sizes, Stats, Stored};

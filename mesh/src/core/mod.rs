@@ -546,6 +546,17 @@ impl Mesh {
         self.dial(now_ms);
     }
 
+    /// Dial every known peer without waiting for backoffs (the uplink or a link came back).
+    pub fn handle_reconnect(&mut self, now_ms: u64) {
+        for (_, p) in self.peers.iter_mut() {
+            if !p.linked && p.penalty_until_ms <= now_ms {
+                p.next_dial_ms = now_ms;
+                p.failures = 0;
+            }
+        }
+        self.dial(now_ms);
+    }
+
     /// A dial failed.
     pub fn handle_dial_failed(&mut self, now_ms: u64, peer: NodeId) {
         let max = self.cfg.max_dial_backoff_ms;

@@ -181,6 +181,10 @@ impl PeerTable {
         self.map.len()
     }
 
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&NodeId, &mut Peer)> {
+        self.map.iter_mut()
+    }
+
     /// Forgets peers nobody has seen for `max_age_ms` (except configured and linked ones).
     pub(crate) fn expire(&mut self, now_ms: u64, max_age_ms: u64) {
         self.map.retain(|_, p| {

@@ -1,0 +1,158 @@
+//! Links over iroh, set up to work with no internet: no relay servers, no DNS or pkarr address
+//! lookup; the addresses of peers come from Ferry's own discovery.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_proto::limits::ALPN_MESH;
+use ferry_proto::types::NodeId;
+use iroh::endpoint::{Connection, PathId, RelayMode, presets};
+use iroh::{Endpoint, EndpointAddr, SecretKey, TransportAddr};
+
+use super::transport::{BoxFut, Incoming, Link, Reader, Transport, TransportError, Writer};
+
+/// An iroh endpoint speaking the mesh ALPN.
+#[derive(Debug, Clone)]
+pub struct IrohTransport {
+    endpoint: Endpoint,
+    me: NodeId,
+}
+
+impl IrohTransport {
+    /// Binds on `addr` with the node's secret key.
+    pub async fn bind(secret: [u8; 32], addr: SocketAddr) -> Result<Self, TransportError> {
+        let key = SecretKey::from_bytes(&secret);
+        let me = NodeId::from_array(*key.public().as_bytes());
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .secret_key(key)
+            .alpns(vec![ALPN_MESH.to_vec()])
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .bind_addr(addr)
+            .map_err(|e| TransportError::Bind(e.to_string()))?
+            .bind()
+            .await
+            .map_err(|e| TransportError::Bind(e.to_string()))?;
+        Ok(Self { endpoint, me })
+    }
+}
+
+fn node_of(id: iroh::EndpointId) -> NodeId {
+    NodeId::from_array(*id.as_bytes())
+}
+
+struct IrohLink {
+    conn: Connection,
+    peer: NodeId,
+    addr: Option<SocketAddr>,
+}
+
+impl Link for IrohLink {
+    fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    fn open_uni(&self) -> BoxFut<'_, Result<Writer, TransportError>> {
+        Box::pin(async move {
+            let s = self
+                .conn
+                .open_uni()
+                .await
+                .map_err(|e| TransportError::Link(e.to_string()))?;
+            Ok(Box::new(s) as Writer)
+        })
+    }
+
+    fn accept_uni(&self) -> BoxFut<'_, Result<Reader, TransportError>> {
+        Box::pin(async move {
+            let s = self
+                .conn
+                .accept_uni()
+                .await
+                .map_err(|e| TransportError::Link(e.to_string()))?;
+            Ok(Box::new(s) as Reader)
+        })
+    }
+
+    fn rtt(&self) -> Duration {
+        self.conn
+            .rtt(PathId::ZERO)
+            .unwrap_or(Duration::from_millis(50))
+    }
+
+    fn close(&self, reason: &str) {
+        self.conn.close(0u32.into(), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            let _ = self.conn.closed().await;
+        })
+    }
+}
+
+impl Transport for IrohTransport {
+    fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.endpoint.bound_sockets()
+    }
+
+    fn connect(
+        &self,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+    ) -> BoxFut<'_, Result<Box<dyn Link>, TransportError>> {
+        Box::pin(async move {
+            let err = |reason: String| TransportError::Connect { peer, reason };
+            let pk =
+                iroh::PublicKey::from_bytes(peer.as_bytes()).map_err(|e| err(e.to_string()))?;
+            let first = addrs.first().copied();
+            let target = EndpointAddr::from_parts(pk, addrs.into_iter().map(TransportAddr::Ip));
+            let conn = self
+                .endpoint
+                .connect(target, ALPN_MESH)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            Ok(Box::new(IrohLink {
+                peer: node_of(conn.remote_id()),
+                addr: first,
+                conn,
+            }) as Box<dyn Link>)
+        })
+    }
+
+    fn accept(&self) -> BoxFut<'_, Option<Incoming>> {
+        Box::pin(async move {
+            let incoming = self.endpoint.accept().await?;
+            let handshake: Incoming = Box::pin(async move {
+                let conn = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return Err(TransportError::Link(e.to_string())),
+                    Err(_) => return Err(TransportError::Link("handshake timed out".into())),
+                };
+                if conn.alpn() != ALPN_MESH {
+                    conn.close(0u32.into(), b"wrong ALPN");
+                    return Err(TransportError::Link("wrong ALPN".into()));
+                }
+                let peer = node_of(conn.remote_id());
+                Ok(Box::new(IrohLink {
+                    peer,
+                    addr: None,
+                    conn,
+                }) as Box<dyn Link>)
+            });
+            Some(handshake)
+        })
+    }
+
+    fn close(&self) -> BoxFut<'_, ()> {
+        Box::pin(async move { self.endpoint.close().await })
+    }
+}

@@ -1,0 +1,809 @@
+//! The daemon side of the mesh: runs the sans-IO [`Mesh`] core on tokio with a real store,
+//! real links and discovery.
+//!
+//! One task owns the timing: it drains the core's outputs, carries them out (link frames,
+//! durable store operations, dials), and sleeps until the core's next timeout or a kick. Link
+//! readers, store completions and the node feed the core under a mutex and kick the task.
+//! Custody is acknowledged upstream only after the store's durable commit returned.
+
+pub mod transport;
+
+#[cfg(feature = "iroh")]
+pub mod iroh_transport;
+#[cfg(feature = "mdns")]
+pub mod mdns;
+#[cfg(feature = "quic")]
+pub mod quic_transport;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry_proto::limits::{MAX_LINK_FRAME, TOPIC_LEN};
+use ferry_proto::types::{BundleDigest, IdentityKey, MailboxAddr, MessageId, NodeId};
+use ferry_store::{BundleRecord, CustodyEntry, CustodyOutcome, Store, StoreError};
+use portable_atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::core::{
+    BundleMeta, Config, Kept, Mesh, Output, PeerSource, PeerView, RouteView, Sizes, Stats, Stored,
+};
+use crate::wire::{self, Bundle, Claim};
+pub use transport::{Incoming, Link, Transport, TransportError};
+
+/// Frames queued for one link at most; a link that cannot keep up is closed.
+const LINK_QUEUE: usize = 4096;
+/// How long a dial may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Something the node must react to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeshEvent {
+    /// Messages arrived in local mailboxes: wake long polls and push.
+    Delivered(Vec<(MailboxAddr, u64)>),
+    /// A broadcast was kept for a topic.
+    Broadcast {
+        /// Topic.
+        topic: [u8; TOPIC_LEN],
+        /// Its seq.
+        seq: u64,
+    },
+}
+
+/// Errors of the mesh driver.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The node key file is unusable.
+    #[error("mesh key {path}: {reason}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A presence claim was refused (bad signature, stale, or not for this node).
+    #[error("presence claim refused")]
+    ClaimRefused,
+}
+
+/// Loads the node's Ed25519 secret key (32 bytes, mode 0600) from `path`, creating it on first
+/// start. The node id is its public key.
+pub fn load_or_create_key(path: &Path) -> Result<[u8; 32], MeshError> {
+    let err = |reason: String| MeshError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(b) => <[u8; 32]>::try_from(b.as_slice()).map_err(|_| {
+            err(format!(
+                "expected 32 bytes, found {} (restore it, or delete it to make a new node id)",
+                b.len()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| err(e.to_string()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+            let tmp = path.with_extension("tmp");
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp).map_err(|e| err(e.to_string()))?;
+            f.write_all(&key).map_err(|e| err(e.to_string()))?;
+            f.sync_all().map_err(|e| err(e.to_string()))?;
+            std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// A random seed for the core's jitter and hash keys.
+pub fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // Without randomness the seed is only less unpredictable, never unsafe to run with.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+struct LinkSlot {
+    id: u64,
+    link: Arc<dyn Link>,
+    tx: mpsc::Sender<Vec<u8>>,
+    dialer: NodeId,
+}
+
+struct Inner {
+    core: Mutex<Mesh>,
+    kick: Notify,
+    start: Instant,
+    store: Store,
+    transport: Arc<dyn Transport>,
+    links: Mutex<HashMap<NodeId, LinkSlot>>,
+    next_link: AtomicU64,
+    events: mpsc::UnboundedSender<MeshEvent>,
+    stop: watch::Sender<bool>,
+    hop_limit: u8,
+    mdns_garbage: AtomicU64,
+}
+
+/// A running mesh. Cheap to clone.
+#[derive(Clone)]
+pub struct MeshHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MeshHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshHandle")
+            .field("node", &self.node_id())
+            .finish()
+    }
+}
+
+/// Converts a store custody entry to the core's metadata (deadline on the core's clock).
+fn meta_of(e: &CustodyEntry, now_core: u64, now_wall: u64) -> BundleMeta {
+    BundleMeta {
+        digest: e.digest,
+        recipient: e.recipient,
+        deadline_ms: now_core.saturating_add(e.expires_at_ms.saturating_sub(now_wall)),
+        size: e.size,
+        from: e.from.map(NodeId::from_array),
+        hop_count: e.hop_count,
+        hop_limit: e.hop_limit,
+    }
+}
+
+/// Encodes a claim for the store.
+fn encode_claim(c: &Claim) -> Vec<u8> {
+    use prost::Message;
+    ferry_proto::mesh::v1::Presence::from(c).encode_to_vec()
+}
+
+fn decode_claim(b: &[u8]) -> Option<Claim> {
+    let p = ferry_proto::decode_message::<ferry_proto::mesh::v1::Presence>(b).ok()?;
+    Claim::try_from(p).ok()
+}
+
+impl MeshHandle {
+    /// Starts the mesh on `transport`, restoring custody, presence and the route seqno from
+    /// `store`. `cfg.me` is taken from the transport.
+    pub async fn start(
+        mut cfg: Config,
+        store: Store,
+        transport: Arc<dyn Transport>,
+        hop_limit: u8,
+    ) -> Result<(MeshHandle, mpsc::UnboundedReceiver<MeshEvent>), MeshError> {
+        cfg.me = transport.node_id();
+        let seqno = store.meta("mesh_seqno")?.unwrap_or(0).saturating_add(1);
+        cfg.initial_seqno = u32::try_from(seqno).unwrap_or(u32::MAX);
+        store.put_meta("mesh_seqno", seqno).await?;
+        let start = Instant::now();
+        let mut mesh = Mesh::new(cfg, 0);
+        let claims: Vec<Claim> = store
+            .presence_all()?
+            .iter()
+            .filter_map(|b| decode_claim(b))
+            .collect();
+        mesh.handle_restored_claims(claims);
+        let now_wall = wall_ms();
+        let metas = store
+            .custody_list()?
+            .iter()
+            .map(|e| meta_of(e, 0, now_wall))
+            .collect();
+        mesh.handle_custody_added(metas);
+        let (events, rx) = mpsc::unbounded_channel();
+        let (stop, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            core: Mutex::new(mesh),
+            kick: Notify::new(),
+            start,
+            store,
+            transport,
+            links: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(1),
+            events,
+            stop,
+            hop_limit,
+            mdns_garbage: AtomicU64::new(0),
+        });
+        let h = MeshHandle { inner };
+        tokio::spawn(run(h.clone(), h.inner.stop.subscribe()));
+        tokio::spawn(accept_loop(h.clone(), h.inner.stop.subscribe()));
+        Ok((h, rx))
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.inner.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn core(&self) -> MutexGuard<'_, Mesh> {
+        match self.inner.core.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Runs `f` on the core, then wakes the driver to carry out the outputs.
+    fn with_core<R>(&self, f: impl FnOnce(&mut Mesh, u64) -> R) -> R {
+        let now = self.now();
+        let r = f(&mut self.core(), now);
+        self.inner.kick.notify_one();
+        r
+    }
+
+    /// This node.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.transport.node_id()
+    }
+
+    /// Where the mesh endpoint listens.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.transport.local_addrs()
+    }
+
+    /// Whether mail for `user` belongs in a mailbox here.
+    pub fn is_local(&self, user: &IdentityKey) -> bool {
+        self.core().is_local(user)
+    }
+
+    /// Puts a local client's message for a remote recipient into custody (durably) and lets
+    /// the core route it.
+    pub async fn enqueue_remote(&self, rec: BundleRecord) -> Result<CustodyOutcome, StoreError> {
+        let entry = rec.summary();
+        let outcome = self.inner.store.custody_put(rec, false, wall_ms()).await?;
+        if outcome == CustodyOutcome::Stored {
+            let now_wall = wall_ms();
+            self.with_core(|m, now| m.handle_custody_added(vec![meta_of(&entry, now, now_wall)]));
+        }
+        Ok(outcome)
+    }
+
+    /// A local user's presence claim: taken by the core, stored durably, and whatever waited
+    /// in custody for the user moved into their mailbox. Returns the messages delivered.
+    pub async fn attach(&self, claim: Claim) -> Result<u64, MeshError> {
+        let user = claim.user;
+        if !self.with_core(|m, now| m.handle_local_claim(now, claim.clone())) {
+            return Err(MeshError::ClaimRefused);
+        }
+        self.inner
+            .store
+            .put_presence(
+                user,
+                claim.timestamp_ms,
+                encode_claim(&claim),
+                claim.hybrid.clone(),
+            )
+            .await?;
+        self.deliver_waiting(user).await
+    }
+
+    /// Moves what waits in custody for `user` into their mailbox here.
+    pub async fn deliver_waiting(&self, user: IdentityKey) -> Result<u64, MeshError> {
+        let rep = self
+            .inner
+            .store
+            .custody_deliver_recipient(user, wall_ms())
+            .await?;
+        let done: Vec<BundleDigest> = rep.delivered.iter().map(|d| d.digest).collect();
+        let delivered: Vec<(MailboxAddr, u64)> = rep
+            .delivered
+            .iter()
+            .filter_map(|d| d.seq.map(|s| (d.mailbox, s)))
+            .collect();
+        let n = delivered.len() as u64;
+        self.with_core(|m, now| {
+            m.handle_delivered(&done);
+            m.handle_delivered(&rep.missing);
+            m.handle_deliver_failed(now, &rep.refused);
+        });
+        if !delivered.is_empty() {
+            let _ = self.inner.events.send(MeshEvent::Delivered(delivered));
+        }
+        Ok(n)
+    }
+
+    /// A user authenticated a connection here.
+    pub fn user_connected(&self, user: IdentityKey) {
+        self.with_core(|m, _| m.handle_user_connected(user));
+    }
+
+    /// A user's connection here closed.
+    pub fn user_disconnected(&self, user: IdentityKey) {
+        self.with_core(|m, _| m.handle_user_disconnected(user));
+    }
+
+    /// A peer was discovered (mDNS, configuration).
+    pub fn discovered(&self, peer: NodeId, addrs: &[SocketAddr], source: PeerSource) {
+        self.with_core(|m, now| m.handle_discovered(now, peer, addrs, source));
+    }
+
+    /// Redials every known peer now (the uplink came back, say).
+    pub fn reconnect(&self) {
+        self.with_core(|m, now| m.handle_reconnect(now));
+    }
+
+    /// Publishes a local broadcast; `None` when duplicate or over the topic's rate.
+    pub fn publish(
+        &self,
+        topic: [u8; TOPIC_LEN],
+        message_id: MessageId,
+        hop_limit: u8,
+        lifetime_ms: u64,
+        payload: Vec<u8>,
+    ) -> Option<u64> {
+        self.with_core(|m, now| {
+            m.handle_local_broadcast(now, topic, message_id, hop_limit, lifetime_ms, payload)
+        })
+    }
+
+    /// Kept broadcasts of a topic after `after_seq`.
+    pub fn broadcasts(&self, topic: &[u8; TOPIC_LEN], after_seq: u64) -> Vec<Kept> {
+        let now = self.now();
+        self.core().broadcasts(topic, after_seq, now)
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> Vec<RouteView> {
+        self.core().routes()
+    }
+
+    /// The peer table.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let now = self.now();
+        self.core().peers(now)
+    }
+
+    /// Users known, with their home node and presence timestamp.
+    pub fn presence(&self) -> Vec<(IdentityKey, NodeId, u64)> {
+        self.core().presence()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.core().stats()
+    }
+
+    /// Table sizes.
+    pub fn sizes(&self) -> Sizes {
+        self.core().sizes()
+    }
+
+    /// mDNS records that did not parse.
+    pub fn mdns_garbage(&self) -> u64 {
+        self.inner.mdns_garbage.load(Ordering::Relaxed)
+    }
+
+    #[cfg(feature = "mdns")]
+    pub(crate) fn count_mdns_garbage(&self) {
+        self.inner.mdns_garbage.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops the driver, closes links and the endpoint.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let slots: Vec<Arc<dyn Link>> = self.links().drain().map(|(_, s)| s.link).collect();
+        for l in slots {
+            l.close("node shutting down");
+        }
+        self.inner.transport.close().await;
+    }
+
+    fn links(&self) -> MutexGuard<'_, HashMap<NodeId, LinkSlot>> {
+        match self.inner.links.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn send_frame(&self, to: &NodeId, body: Vec<u8>) {
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let overloaded = {
+            let links = self.links();
+            match links.get(to) {
+                Some(slot) => match slot.tx.try_send(frame) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Full(_)) => Some(slot.id),
+                    Err(mpsc::error::TrySendError::Closed(_)) => None,
+                },
+                None => None,
+            }
+        };
+        if let Some(id) = overloaded {
+            tracing::warn!(peer = %to.short(), "link cannot keep up; closing it");
+            self.link_lost(*to, id);
+        }
+    }
+
+    fn link_lost(&self, peer: NodeId, id: u64) {
+        let slot = {
+            let mut links = self.links();
+            match links.get(&peer) {
+                Some(s) if s.id == id => links.remove(&peer),
+                _ => None,
+            }
+        };
+        if let Some(s) = slot {
+            s.link.close("link lost");
+            tracing::info!(peer = %peer.short(), "mesh link down");
+            self.with_core(|m, now| m.handle_link_down(now, peer));
+        }
+    }
+
+    async fn register(&self, link: Box<dyn Link>, dialer: NodeId) {
+        let link: Arc<dyn Link> = Arc::from(link);
+        let me = self.node_id();
+        let peer = link.peer();
+        if peer == me {
+            link.close("that is me");
+            return;
+        }
+        // Both sides keep the connection dialled by the smaller node id.
+        let preferred = me.min(peer);
+        let replaced = {
+            let links = self.links();
+            match links.get(&peer) {
+                Some(old) if old.dialer == preferred || dialer != preferred => {
+                    drop(links);
+                    link.close("duplicate link");
+                    return;
+                }
+                Some(old) => Some(old.id),
+                None => None,
+            }
+        };
+        if let Some(old) = replaced {
+            self.link_lost(peer, old);
+        }
+        let writer = match link.open_uni().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(peer = %peer.short(), error = %e, "opening the link stream failed");
+                link.close("stream");
+                return;
+            }
+        };
+        let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        {
+            let mut links = self.links();
+            if links.contains_key(&peer) {
+                // Another link won the race while we opened the stream.
+                link.close("duplicate link");
+                return;
+            }
+            links.insert(
+                peer,
+                LinkSlot {
+                    id,
+                    link: Arc::clone(&link),
+                    tx,
+                    dialer,
+                },
+            );
+        }
+        let addr = link.remote_addr();
+        if !self.with_core(|m, now| m.handle_link_up(now, peer, addr)) {
+            self.link_lost(peer, id);
+            return;
+        }
+        tracing::info!(peer = %peer.short(), ?addr, dialled = (dialer == me), "mesh link up");
+        tokio::spawn(write_loop(self.clone(), peer, id, writer, rx));
+        tokio::spawn(read_loop(self.clone(), peer, id, link));
+    }
+
+    fn dispatch(&self, out: Output) {
+        let store = &self.inner.store;
+        match out {
+            Output::Send { to, msg } => self.send_frame(&to, wire::encode(msg)),
+            Output::SendBundle { to, digest } => {
+                let h = self.clone();
+                tokio::spawn(async move {
+                    let rec = match h.inner.store.custody_get(&digest) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading a bundle to send failed");
+                            return;
+                        }
+                    };
+                    let rtt = h.links().get(&to).map(|s| s.link.rtt()).unwrap_or_default();
+                    let lifetime = rec
+                        .expires_at_ms
+                        .saturating_sub(wall_ms())
+                        .saturating_sub(u64::try_from(rtt.as_millis()).unwrap_or(0));
+                    let b = Bundle {
+                        message_id: rec.message_id,
+                        recipient: rec.mailbox.recipient,
+                        channel: rec.mailbox.channel,
+                        device: rec.mailbox.device,
+                        lifetime_ms: lifetime,
+                        hop_count: rec.hop_count,
+                        hop_limit: rec.hop_limit,
+                        sender: rec.sender,
+                        payload: rec.payload,
+                    };
+                    h.send_frame(&to, wire::encode(wire::LinkMsg::Bundle(b)));
+                });
+            }
+            Output::StoreBundle {
+                from,
+                bundle,
+                meta,
+                deliver_local,
+            } => {
+                let h = self.clone();
+                tokio::spawn(async move {
+                    let now_wall = wall_ms();
+                    let mailbox = MailboxAddr {
+                        recipient: bundle.recipient,
+                        channel: bundle.channel,
+                        device: bundle.device,
+                    };
+                    let rec = BundleRecord {
+                        mailbox,
+                        message_id: bundle.message_id,
+                        sender: bundle.sender,
+                        received_at_ms: now_wall,
+                        expires_at_ms: now_wall.saturating_add(bundle.lifetime_ms),
+                        hop_count: bundle.hop_count,
+                        hop_limit: bundle.hop_limit,
+                        from: Some(*from.as_bytes()),
+                        payload: bundle.payload,
+                    };
+                    let stored = match h
+                        .inner
+                        .store
+                        .custody_put(rec, deliver_local, now_wall)
+                        .await
+                    {
+                        Ok(CustodyOutcome::Stored) => Stored::Custody,
+                        Ok(CustodyOutcome::Delivered(seq)) => {
+                            let _ = h
+                                .inner
+                                .events
+                                .send(MeshEvent::Delivered(vec![(mailbox, seq)]));
+                            Stored::Delivered
+                        }
+                        Ok(CustodyOutcome::Duplicate) => Stored::Duplicate,
+                        Ok(CustodyOutcome::Expired) => Stored::Expired,
+                        Ok(CustodyOutcome::Full) => Stored::Refused,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "storing a received bundle failed");
+                            Stored::Refused
+                        }
+                    };
+                    h.with_core(|m, _| m.handle_stored(from, meta, stored));
+                });
+            }
+            Output::DeleteBundles(ds) => {
+                let p = store.custody_delete(ds);
+                tokio::spawn(async move {
+                    if let Err(e) = p.await {
+                        tracing::warn!(error = %e, "deleting forwarded bundles failed");
+                    }
+                });
+            }
+            Output::DeliverLocal(ds) => {
+                let h = self.clone();
+                let p = store.custody_deliver(ds.clone(), wall_ms());
+                tokio::spawn(async move {
+                    match p.await {
+                        Ok(rep) => {
+                            let done: Vec<BundleDigest> =
+                                rep.delivered.iter().map(|d| d.digest).collect();
+                            let delivered: Vec<(MailboxAddr, u64)> = rep
+                                .delivered
+                                .iter()
+                                .filter_map(|d| d.seq.map(|s| (d.mailbox, s)))
+                                .collect();
+                            h.with_core(|m, now| {
+                                m.handle_delivered(&done);
+                                m.handle_delivered(&rep.missing);
+                                m.handle_deliver_failed(now, &rep.refused);
+                            });
+                            if !delivered.is_empty() {
+                                let _ = h.inner.events.send(MeshEvent::Delivered(delivered));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "delivering bundles failed; retrying later");
+                            h.with_core(|m, now| m.handle_deliver_failed(now, &ds));
+                        }
+                    }
+                });
+            }
+            Output::EvictUser(user) => {
+                let h = self.clone();
+                let p = store.evict(user, wall_ms(), self.inner.hop_limit);
+                tokio::spawn(async move {
+                    match p.await {
+                        Ok(entries) => {
+                            let now_wall = wall_ms();
+                            if !entries.is_empty() {
+                                tracing::info!(user = %user.fingerprint().short(), moved = entries.len(), "mail follows its user");
+                            }
+                            h.with_core(|m, now| {
+                                m.handle_custody_added(
+                                    entries.iter().map(|e| meta_of(e, now, now_wall)).collect(),
+                                )
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "moving a mailbox into custody failed")
+                        }
+                    }
+                });
+            }
+            Output::StorePresence(c) => {
+                let p =
+                    store.put_presence(c.user, c.timestamp_ms, encode_claim(&c), c.hybrid.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = p.await {
+                        tracing::warn!(error = %e, "storing a presence claim failed");
+                    }
+                });
+            }
+            Output::PersistSeqno(s) => {
+                let p = store.put_meta("mesh_seqno", u64::from(s));
+                tokio::spawn(async move {
+                    let _ = p.await;
+                });
+            }
+            Output::Connect { peer, addrs } => {
+                let h = self.clone();
+                tokio::spawn(async move {
+                    let me = h.node_id();
+                    match tokio::time::timeout(DIAL_TIMEOUT, h.inner.transport.connect(peer, addrs))
+                        .await
+                    {
+                        Ok(Ok(link)) => h.register(link, me).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer.short(), error = %e, "dial failed");
+                            h.with_core(|m, now| m.handle_dial_failed(now, peer));
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer.short(), "dial timed out");
+                            h.with_core(|m, now| m.handle_dial_failed(now, peer));
+                        }
+                    }
+                });
+            }
+            Output::Disconnect { peer, reason } => {
+                tracing::info!(peer = %peer.short(), reason, "closing mesh link");
+                let id = self.links().get(&peer).map(|s| s.id);
+                if let Some(id) = id {
+                    self.link_lost(peer, id);
+                }
+            }
+            Output::Broadcasted { topic, seq } => {
+                let _ = self.inner.events.send(MeshEvent::Broadcast { topic, seq });
+            }
+        }
+    }
+}
+
+async fn run(h: MeshHandle, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (outputs, next) = {
+            let mut core = h.core();
+            let mut v = Vec::new();
+            while let Some(o) = core.poll_output() {
+                v.push(o);
+            }
+            (v, core.poll_timeout())
+        };
+        for o in outputs {
+            h.dispatch(o);
+        }
+        let wait = Duration::from_millis(next.saturating_sub(h.now()));
+        tokio::select! {
+            _ = h.inner.kick.notified() => {}
+            _ = tokio::time::sleep(wait) => {
+                let now = h.now();
+                h.core().handle_timeout(now);
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn accept_loop(h: MeshHandle, mut stop: watch::Receiver<bool>) {
+    loop {
+        let next = tokio::select! {
+            n = h.inner.transport.accept() => n,
+            _ = stop.changed() => return,
+        };
+        let Some(handshake) = next else { return };
+        let h = h.clone();
+        tokio::spawn(async move {
+            match handshake.await {
+                Ok(link) => {
+                    let dialer = link.peer();
+                    h.register(link, dialer).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "incoming mesh connection failed"),
+            }
+        });
+    }
+}
+
+async fn write_loop(
+    h: MeshHandle,
+    peer: NodeId,
+    id: u64,
+    mut w: transport::Writer,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    while let Some(frame) = rx.recv().await {
+        if w.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    h.link_lost(peer, id);
+}
+
+async fn read_loop(h: MeshHandle, peer: NodeId, id: u64, link: Arc<dyn Link>) {
+    let mut r = match link.accept_uni().await {
+        Ok(r) => r,
+        Err(_) => {
+            h.link_lost(peer, id);
+            return;
+        }
+    };
+    loop {
+        let mut len = [0u8; 4];
+        if r.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_LINK_FRAME {
+            tracing::warn!(peer = %peer.short(), len, "oversized link frame; dropping the peer");
+            h.with_core(|m, now| m.handle_malformed(now, peer));
+            break;
+        }
+        // Read as it arrives: a declared length allocates nothing ahead.
+        let mut buf = Vec::with_capacity(len.min(64 * 1024));
+        if (&mut r)
+            .take(len as u64)
+            .read_to_end(&mut buf)
+            .await
+            .is_err()
+            || buf.len() != len
+        {
+            break;
+        }
+        match wire::decode(&buf) {
+            Ok(msg) => h.with_core(|m, now| m.handle_message(now, peer, msg)),
+            Err(e) => {
+                tracing::warn!(peer = %peer.short(), error = %e, "malformed link message; dropping the peer");
+                h.with_core(|m, now| m.handle_malformed(now, peer));
+                break;
+            }
+        }
+    }
+    h.link_lost(peer, id);
+}
