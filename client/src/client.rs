@@ -4,11 +4,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ferry_proto::frame::{PushHeader, ResponseHeader, encode_request};
+use ferry_proto::limits::TOPIC_LEN;
 use ferry_proto::limits::{ALPN_QPQ, NONCE_LEN};
 use ferry_proto::qpq::v1 as pb;
+use ferry_proto::transcript::presence_transcript;
 use ferry_proto::transcript::{AUTH_EXPORTER_LABEL, AUTH_EXPORTER_LEN, auth_transcript};
 use ferry_proto::types::{
-    Fingerprint, HybridKeyLookup, HybridPublicKey, IdentityKey, MailboxAddr, MessageId,
+    Fingerprint, HybridKeyLookup, HybridPublicKey, IdentityKey, MailboxAddr, MessageId, NodeId,
     SessionToken,
 };
 use ferry_proto::{Method, PushEvent as PushType, Status};
@@ -445,6 +447,80 @@ impl Client {
             )
             .await?;
         Ok(())
+    }
+
+    /// Makes this node `id`'s home: on a mesh node, signs a presence claim naming the node
+    /// (Attach, 107), so every node routes `id`'s mail here and can encrypt to it, and moves
+    /// what waited for `id` into its mailbox; on a node without a mesh (or any plain qpq
+    /// server), uploads the hybrid key (302). Returns the messages that were waiting.
+    pub async fn attach(&self, id: &Identity) -> Result<u64, ClientError> {
+        let h = self.health().await?;
+        if h.mesh_node_id.is_empty() {
+            self.upload_hybrid_key(id).await?;
+            return Ok(0);
+        }
+        let node = NodeId::from_field(&h.mesh_node_id, "mesh_node_id")?;
+        let me = id.public_key();
+        let hybrid = id.hybrid_public_key();
+        let timestamp_ms = crate::now_ms();
+        let sig = id.sign(&presence_transcript(&me, &node, timestamp_ms, &hybrid));
+        let r: pb::AttachResponse = self
+            .call(
+                Method::Attach,
+                &pb::AttachRequest {
+                    node_id: node.as_bytes().to_vec(),
+                    timestamp_ms,
+                    hybrid_public_key: hybrid.as_bytes().to_vec(),
+                    signature: sig.to_vec(),
+                },
+            )
+            .await?;
+        Ok(r.delivered)
+    }
+
+    /// BroadcastPublish (810): floods sealed bytes to a topic. Returns whether the node had
+    /// already seen this message id.
+    pub async fn broadcast_publish(
+        &self,
+        topic: &[u8; TOPIC_LEN],
+        message_id: &MessageId,
+        payload: Vec<u8>,
+        hop_limit: u8,
+    ) -> Result<bool, ClientError> {
+        let r: pb::BroadcastPublishResponse = self
+            .call(
+                Method::BroadcastPublish,
+                &pb::BroadcastPublishRequest {
+                    topic: topic.to_vec(),
+                    payload,
+                    message_id: message_id.as_bytes().to_vec(),
+                    hop_limit: u32::from(hop_limit),
+                },
+            )
+            .await?;
+        Ok(r.duplicate)
+    }
+
+    /// BroadcastFetch (811): what the node keeps of a topic after `after_seq`, waiting up to
+    /// `timeout` for something new.
+    pub async fn broadcast_fetch(
+        &self,
+        topic: &[u8; TOPIC_LEN],
+        after_seq: u64,
+        timeout: Duration,
+    ) -> Result<Vec<pb::BroadcastEnvelope>, ClientError> {
+        let r: pb::BroadcastFetchResponse = self
+            .call(
+                Method::BroadcastFetch,
+                &pb::BroadcastFetchRequest {
+                    topic: topic.to_vec(),
+                    after_seq,
+                    limit: 0,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                },
+            )
+            .await?;
+        Ok(r.messages)
     }
 
     /// FetchHybridKey (303) by identity key or fingerprint; `None` if the node has none.

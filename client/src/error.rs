@@ -83,8 +83,13 @@ pub enum ClientError {
     #[error("message not authentic: {0}")]
     NotAuthentic(&'static str),
     /// The recipient has no hybrid key on this node.
-    #[error("no key found for {0} on this node (the recipient must connect to it once first)")]
+    #[error(
+        "no key found for {0} on this node or in the mesh (the recipient must connect to a node once first)"
+    )]
     UnknownRecipient(String),
+    /// A broadcast post could not be sealed or opened.
+    #[error("{0}")]
+    Broadcast(String),
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,

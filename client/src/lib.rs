@@ -25,6 +25,7 @@ mod error;
 pub mod identity;
 pub mod message;
 pub mod seen;
+pub mod topic;
 pub mod trust;
 
 pub use client::{Client, ConnectOptions, PushEvent};

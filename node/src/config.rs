@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_proto::limits::{DEFAULT_CLIENT_PORT, DEFAULT_MAX_TTL_SECS, DEFAULT_TTL_SECS};
+use ferry_proto::limits::{
+    DEFAULT_CLIENT_PORT, DEFAULT_HOP_LIMIT, DEFAULT_MAX_TTL_SECS, DEFAULT_MESH_PORT,
+    DEFAULT_TTL_SECS,
+};
+use ferry_proto::types::NodeId;
 use ferry_store::StoreConfig;
 use serde::Deserialize;
 
@@ -22,6 +26,26 @@ pub struct StoreSection {
     pub max_recipient_bytes: Option<u64>,
     /// redb page cache in bytes.
     pub cache_bytes: Option<usize>,
+}
+
+/// The `[mesh]` table of the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// Run the mesh (links to other nodes). Off: a standalone node.
+    pub enabled: Option<bool>,
+    /// Mesh address, `host:port` (UDP).
+    pub listen: Option<String>,
+    /// Static peers, `<node id>@host:port`.
+    pub peers: Option<Vec<String>>,
+    /// Announce and browse with mDNS.
+    pub mdns: Option<bool>,
+    /// Hops a message may take at most.
+    pub hop_limit: Option<u8>,
+    /// Bundles held in custody for other nodes at most.
+    pub max_custody: Option<usize>,
+    /// Peers remembered at most.
+    pub max_peers: Option<usize>,
 }
 
 /// The config file, every key optional.
@@ -52,6 +76,8 @@ pub struct FileConfig {
     pub worker_threads: Option<usize>,
     /// Store limits.
     pub store: Option<StoreSection>,
+    /// The mesh.
+    pub mesh: Option<MeshSection>,
 }
 
 impl FileConfig {
@@ -65,6 +91,69 @@ impl FileConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+    }
+}
+
+/// A configured peer: its node id and where to dial it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticPeer {
+    /// Node id.
+    pub node: NodeId,
+    /// `host:port`, resolved when dialled.
+    pub addr: String,
+}
+
+impl std::str::FromStr for StaticPeer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, addr) = s
+            .split_once('@')
+            .ok_or_else(|| format!("static peer {s:?}: expected <node id>@host:port"))?;
+        let node: NodeId = id
+            .parse()
+            .map_err(|_| format!("static peer {s:?}: {id:?} is not a node id (64 hex digits; `ferry status` prints it)"))?;
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => return Err(format!("static peer {s:?}: expected host:port after '@'")),
+        }
+        Ok(Self {
+            node,
+            addr: addr.to_string(),
+        })
+    }
+}
+
+/// Mesh settings.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// Run the mesh.
+    pub enabled: bool,
+    /// UDP address of mesh links. The default `[::]:5002` falls back to IPv4.
+    pub listen: String,
+    /// Static peers.
+    pub peers: Vec<StaticPeer>,
+    /// mDNS announce and browse (if built in).
+    pub mdns: bool,
+    /// Hops a message may take.
+    pub hop_limit: u8,
+    /// Bundles in custody at most.
+    pub max_custody: usize,
+    /// Peers remembered at most.
+    pub max_peers: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: format!("[::]:{DEFAULT_MESH_PORT}"),
+            peers: Vec::new(),
+            mdns: true,
+            hop_limit: DEFAULT_HOP_LIMIT,
+            max_custody: 200_000,
+            max_peers: 256,
+        }
     }
 }
 
@@ -102,6 +191,11 @@ pub struct NodeConfig {
     pub sweep_interval: Duration,
     /// Store limits.
     pub store: StoreConfig,
+    /// The mesh.
+    pub mesh: MeshConfig,
+    /// Admin socket (`ferry peers`, `ferry routes`, `ferry store`, `ferry reconnect`); by
+    /// default `ferry.sock` in the data directory.
+    pub admin_socket: Option<PathBuf>,
     /// Log filter (used by the binary).
     pub log: String,
     /// Tokio worker threads (used by the binary).
@@ -110,6 +204,8 @@ pub struct NodeConfig {
 
 /// The data directory used when none is configured: `./ferry-data`.
 pub const DEFAULT_DATA_DIR: &str = "ferry-data";
+/// The admin socket's file name in the data directory.
+pub const ADMIN_SOCKET: &str = "ferry.sock";
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -128,6 +224,8 @@ impl Default for NodeConfig {
             max_ttl_secs: DEFAULT_MAX_TTL_SECS,
             sweep_interval: Duration::from_secs(60),
             store: StoreConfig::default(),
+            mesh: MeshConfig::default(),
+            admin_socket: None,
             log: "info".into(),
             worker_threads: std::thread::available_parallelism()
                 .map(|n| n.get().min(4))
@@ -138,14 +236,14 @@ impl Default for NodeConfig {
 
 impl NodeConfig {
     /// Defaults overlaid with a config file.
-    pub fn from_file(file: &FileConfig) -> Self {
+    pub fn from_file(file: &FileConfig) -> Result<Self, String> {
         let mut c = Self::default();
-        c.apply(file);
-        c
+        c.apply(file)?;
+        Ok(c)
     }
 
-    /// Overlays every key the file sets.
-    pub fn apply(&mut self, f: &FileConfig) {
+    /// Overlays every key the file sets; a malformed value is an error naming it.
+    pub fn apply(&mut self, f: &FileConfig) -> Result<(), String> {
         if let Some(v) = &f.data_dir {
             self.data_dir = v.clone();
         }
@@ -193,6 +291,36 @@ impl NodeConfig {
                 self.store.cache_bytes = v;
             }
         }
+        if let Some(m) = &f.mesh {
+            if let Some(v) = m.enabled {
+                self.mesh.enabled = v;
+            }
+            if let Some(v) = &m.listen {
+                self.mesh.listen = v.clone();
+            }
+            if let Some(v) = &m.peers {
+                self.mesh.peers = v
+                    .iter()
+                    .map(|p| p.parse())
+                    .collect::<Result<Vec<StaticPeer>, String>>()?;
+            }
+            if let Some(v) = m.mdns {
+                self.mesh.mdns = v;
+            }
+            if let Some(v) = m.hop_limit {
+                if v == 0 {
+                    return Err("mesh.hop_limit must be at least 1".into());
+                }
+                self.mesh.hop_limit = v;
+            }
+            if let Some(v) = m.max_custody {
+                self.mesh.max_custody = v;
+            }
+            if let Some(v) = m.max_peers {
+                self.mesh.max_peers = v.max(1);
+            }
+        }
+        Ok(())
     }
 
     /// Sets the per-IP rate; the burst is twice the rate (at least 10).
@@ -204,6 +332,18 @@ impl NodeConfig {
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("ferry.redb")
+    }
+
+    /// The mesh node key (Ed25519, mode 0600): the node id is its public key.
+    pub fn mesh_key_path(&self) -> PathBuf {
+        self.data_dir.join("node.key")
+    }
+
+    /// The admin socket.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(ADMIN_SOCKET))
     }
 }
 
@@ -224,7 +364,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let c = NodeConfig::from_file(&f);
+        let c = NodeConfig::from_file(&f).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.listen, "127.0.0.1:7000");
         assert_eq!(c.rate_limit, 0);
@@ -235,5 +375,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn static_peers_parse_or_say_what_is_wrong() {
+        let id = "ab".repeat(32);
+        let p: StaticPeer = format!("{id}@10.0.0.2:5002").parse().unwrap();
+        assert_eq!(p.addr, "10.0.0.2:5002");
+        let p: StaticPeer = format!("{id}@[fd00::1]:5002").parse().unwrap();
+        assert_eq!(p.addr, "[fd00::1]:5002");
+        for bad in [
+            "10.0.0.2:5002".to_string(),
+            format!("{}@10.0.0.2:5002", &id[..10]),
+            format!("{id}@10.0.0.2"),
+            format!("{id}@:5002"),
+            format!("{id}@host:0"),
+        ] {
+            assert!(bad.parse::<StaticPeer>().is_err(), "{bad}");
+        }
+        let f: FileConfig = toml::from_str("[mesh]\npeers = [\"nonsense\"]").unwrap();
+        let err = NodeConfig::from_file(&f).unwrap_err();
+        assert!(err.contains("nonsense"), "{err}");
     }
 }

@@ -98,10 +98,14 @@ impl ConnState {
         self.auth.lock().ok().and_then(|a| a.identity)
     }
 
-    pub(crate) fn set_identity(&self, id: IdentityKey) {
-        if let Ok(mut a) = self.auth.lock() {
-            a.identity = Some(id);
-            a.challenge = None;
+    /// Binds the connection to `id`; true the first time (an identity never changes).
+    pub(crate) fn set_identity(&self, id: IdentityKey) -> bool {
+        match self.auth.lock() {
+            Ok(mut a) => {
+                a.challenge = None;
+                a.identity.replace(id).is_none()
+            }
+            Err(_) => false,
         }
     }
 

@@ -47,6 +47,9 @@ pub enum NodeError {
         /// The value given.
         value: String,
     },
+    /// The mesh could not start.
+    #[error("mesh: {0}")]
+    Mesh(String),
     /// The configuration file is not valid.
     #[error("config file {path}: {message}")]
     Config {

@@ -19,19 +19,22 @@
     )
 )]
 
+#[cfg(unix)]
+pub mod admin;
 mod auth;
 mod cert;
 pub mod config;
 mod conn;
 mod error;
 mod http;
+mod mesh;
 mod metrics;
 mod ratelimit;
 mod rpc;
 mod server;
 mod state;
 
-pub use config::{FileConfig, NodeConfig};
+pub use config::{FileConfig, MeshConfig, NodeConfig, StaticPeer};
 pub use error::NodeError;
 pub use server::{RunningNode, start};
 

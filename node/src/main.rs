@@ -34,6 +34,22 @@ enum Command {
     Inbox(cli::inbox::InboxArgs),
     /// Show a node's health.
     Status(cli::status::StatusArgs),
+    /// List the mesh peers of the node running here (admin socket).
+    #[cfg(unix)]
+    Peers(cli::admin::AdminArgs),
+    /// Show the mesh route table of the node running here.
+    #[cfg(unix)]
+    Routes(cli::admin::AdminArgs),
+    /// Show what the node running here stores: mailboxes, custody, database.
+    #[cfg(unix)]
+    Store(cli::admin::AdminArgs),
+    /// Ask the node running here to redial its mesh peers now (after the uplink came back).
+    #[cfg(unix)]
+    Reconnect(cli::admin::AdminArgs),
+    /// Post to a broadcast topic (named and keyed by a passphrase).
+    Broadcast(cli::broadcast::BroadcastArgs),
+    /// Print a broadcast topic's posts.
+    Subscribe(cli::broadcast::SubscribeArgs),
     /// Load-test a node (throughput, latency, memory).
     #[cfg(feature = "bench")]
     Bench(cli::bench::BenchArgs),
@@ -47,6 +63,16 @@ fn main() -> ExitCode {
         Command::Send(s) => cli::with_runtime(args.log, cli::send::run(s)),
         Command::Inbox(i) => cli::with_runtime(args.log, cli::inbox::run(i)),
         Command::Status(s) => cli::with_runtime(args.log, cli::status::run(s)),
+        #[cfg(unix)]
+        Command::Peers(a) => cli::admin::peers(a),
+        #[cfg(unix)]
+        Command::Routes(a) => cli::admin::routes(a),
+        #[cfg(unix)]
+        Command::Store(a) => cli::admin::store(a),
+        #[cfg(unix)]
+        Command::Reconnect(a) => cli::admin::reconnect(a),
+        Command::Broadcast(b) => cli::with_runtime(args.log, cli::broadcast::publish(b)),
+        Command::Subscribe(s) => cli::with_runtime(args.log, cli::broadcast::subscribe(s)),
         #[cfg(feature = "bench")]
         Command::Bench(b) => cli::with_runtime(args.log, cli::bench::run(b)),
     };

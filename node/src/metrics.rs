@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_mesh::driver::MeshHandle;
 use ferry_proto::{Method, Status};
 use ferry_store::{CommitObserver, Store};
 use portable_atomic::{AtomicU64, Ordering};
@@ -37,6 +38,9 @@ pub(crate) struct Counters {
     pub(crate) connections_refused: AtomicU64,
     pub(crate) open_connections: AtomicU64,
     pub(crate) resource_exhausted: AtomicU64,
+    pub(crate) enqueue_mesh: AtomicU64,
+    pub(crate) attach: AtomicU64,
+    pub(crate) broadcast_published: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -138,6 +142,7 @@ impl CommitObserver for CommitHook {
 struct Scrape {
     metrics: Arc<Metrics>,
     store: Store,
+    mesh: Option<MeshHandle>,
 }
 
 fn counter(
@@ -194,7 +199,7 @@ impl Collector for Scrape {
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
             (
                 "enqueue",
                 "Messages enqueued (stored or recognised as duplicates).",
@@ -249,6 +254,21 @@ impl Collector for Scrape {
                 "resource_exhausted",
                 "Writes refused because a quota or the disk was full.",
                 &c.resource_exhausted,
+            ),
+            (
+                "enqueue_mesh",
+                "Messages for users elsewhere handed to the mesh (custody).",
+                &c.enqueue_mesh,
+            ),
+            (
+                "mesh_attach",
+                "Presence claims taken from local users (Attach).",
+                &c.attach,
+            ),
+            (
+                "broadcast_published",
+                "Broadcasts published by local clients.",
+                &c.broadcast_published,
             ),
         ];
         for (name, help, v) in counters {
@@ -308,6 +328,9 @@ impl Collector for Scrape {
         for (name, help, v) in store_counters {
             counter(&mut enc, name, help, v)?;
         }
+        if let Some(mesh) = &self.mesh {
+            encode_mesh(&mut enc, mesh)?;
+        }
         if let Ok(s) = self.store.stats() {
             gauge(
                 &mut enc,
@@ -344,8 +367,123 @@ impl Collector for Scrape {
     }
 }
 
+fn encode_mesh(enc: &mut DescriptorEncoder<'_>, mesh: &MeshHandle) -> Result<(), std::fmt::Error> {
+    let st = mesh.stats();
+    let counters: [(&str, &str, u64); 17] = [
+        ("mesh_links_up", "Mesh links that came up.", st.links_up),
+        (
+            "mesh_bundles_sent",
+            "Bundles sent to neighbours.",
+            st.bundles_sent,
+        ),
+        (
+            "mesh_bundles_received",
+            "Bundles received from neighbours.",
+            st.bundles_received,
+        ),
+        (
+            "mesh_delivered_local",
+            "Bundles moved into local mailboxes.",
+            st.delivered_local,
+        ),
+        (
+            "mesh_custody_acks",
+            "Custody acknowledgements received for our bundles.",
+            st.custody_acks,
+        ),
+        (
+            "mesh_expired",
+            "Bundles dropped because they expired.",
+            st.expired,
+        ),
+        (
+            "mesh_hop_limit_drops",
+            "Bundles dropped at their hop limit.",
+            st.hop_limit_drops,
+        ),
+        (
+            "mesh_refused",
+            "Bundles refused (custody full or a neighbour over its quota).",
+            st.refused,
+        ),
+        (
+            "mesh_malformed",
+            "Malformed link messages (each drops and penalises the peer).",
+            st.malformed,
+        ),
+        (
+            "mesh_peers_refused",
+            "Peer-table additions refused (table full or a neighbour over its share).",
+            st.peers_refused,
+        ),
+        (
+            "mesh_presence_bad_signature",
+            "Presence claims refused for a bad signature.",
+            st.presence_bad_signature,
+        ),
+        (
+            "mesh_presence_stale",
+            "Presence claims older than the one known.",
+            st.presence_stale,
+        ),
+        (
+            "mesh_route_updates",
+            "Route updates received.",
+            st.route_updates,
+        ),
+        ("mesh_broadcasts", "Broadcasts kept.", st.broadcasts),
+        (
+            "mesh_broadcasts_rate_limited",
+            "Broadcasts dropped by a topic's rate limit.",
+            st.broadcasts_rate_limited,
+        ),
+        (
+            "mesh_messages_sent",
+            "Link messages sent.",
+            st.messages_sent,
+        ),
+        (
+            "mesh_mdns_garbage",
+            "mDNS records that did not parse.",
+            mesh.mdns_garbage(),
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(enc, name, help, v)?;
+    }
+    let sz = mesh.sizes();
+    let gauges: [(&str, &str, u64); 6] = [
+        ("mesh_links", "Mesh links up.", sz.links as u64),
+        ("mesh_peers", "Peers in the peer table.", sz.peers as u64),
+        ("mesh_routes", "Nodes in the route table.", sz.routes as u64),
+        (
+            "mesh_presence",
+            "Users in the presence table.",
+            sz.presence as u64,
+        ),
+        (
+            "mesh_custody_bundles",
+            "Bundles held in custody for the mesh.",
+            sz.custody as u64,
+        ),
+        (
+            "mesh_custody_bytes",
+            "Payload bytes held in custody.",
+            sz.custody_bytes,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        gauge(enc, name, help, signed(v))?;
+    }
+    Ok(())
+}
+
 /// The registry served at `/metrics`.
-pub(crate) fn registry(metrics: &Arc<Metrics>, store: &Store) -> Registry {
+pub(crate) fn registry(
+    metrics: &Arc<Metrics>,
+    store: &Store,
+    mesh: Option<MeshHandle>,
+) -> Registry {
     let mut r = Registry::default();
     r.register(
         "store_commit_seconds",
@@ -360,6 +498,7 @@ pub(crate) fn registry(metrics: &Arc<Metrics>, store: &Store) -> Registry {
     r.register_collector(Box::new(Scrape {
         metrics: Arc::clone(metrics),
         store: store.clone(),
+        mesh,
     }));
     r
 }

@@ -4,14 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_proto::limits::{MAX_PAYLOAD, NONCE_LEN};
+use ferry_mesh::core::BroadcastDropped;
+use ferry_mesh::driver::{MeshError, MeshHandle};
+use ferry_mesh::wire::Claim;
+use ferry_proto::limits::{MAX_BROADCAST_PAYLOAD, MAX_PAYLOAD, NONCE_LEN, TOPIC_LEN};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{
     Ack, AuthProof, BatchEnqueue, DeviceId, Enqueue, FetchHybridKeys, FetchWait, HybridKeyLookup,
-    IdentityKey, MailboxAddr, MailboxRead, MessageId, SessionToken, UploadHybridKey, resolve_ttl,
+    HybridPublicKey, IdentityKey, MailboxAddr, MailboxRead, MessageId, NodeId, SessionToken,
+    UploadHybridKey, resolve_ttl,
 };
 use ferry_proto::{Method, ProtoError, PushEvent, Status, decode_message};
-use ferry_store::{NewMessage, StoreError, StoredMessage};
+use ferry_store::{BundleRecord, CustodyOutcome, NewMessage, StoreError, StoredMessage};
 use prost::Message;
 
 use crate::auth::{self, CHALLENGE_TTL};
@@ -145,8 +149,8 @@ pub(crate) async fn dispatch(
     match method {
         Method::Health => return health(state),
         Method::AuthChallenge => return challenge(conn, payload),
-        Method::AuthResponse => return auth_response(state, conn, payload),
-        Method::ResumeSession => return resume(state, conn, payload),
+        Method::AuthResponse => return auth_response(state, conn, payload).await,
+        Method::ResumeSession => return resume(state, conn, payload).await,
         _ => {}
     }
     let Some(me) = conn.identity() else {
@@ -167,6 +171,9 @@ pub(crate) async fn dispatch(
         Method::UploadHybridKey => upload_hybrid_key(state, me, payload).await,
         Method::FetchHybridKey => fetch_hybrid_key(state, payload),
         Method::FetchHybridKeys => fetch_hybrid_keys(state, payload),
+        Method::Attach => attach(state, me, payload).await,
+        Method::BroadcastPublish => broadcast_publish(state, payload),
+        Method::BroadcastFetch => broadcast_fetch(state, payload).await,
         other => Reply::err(
             Status::UnknownMethod,
             format!("{other} is not implemented by this node"),
@@ -187,7 +194,11 @@ fn health(state: &State) -> Reply {
         version: env!("CARGO_PKG_VERSION").into(),
         queue_depth: depth,
         node_id: state.node_id.clone(),
-        mesh_node_id: Vec::new(),
+        mesh_node_id: state
+            .mesh
+            .as_ref()
+            .map(|m| m.node_id().as_bytes().to_vec())
+            .unwrap_or_default(),
     })
 }
 
@@ -206,7 +217,7 @@ fn challenge(conn: &ConnState, payload: &[u8]) -> Reply {
     })
 }
 
-fn auth_response(state: &Arc<State>, conn: &Arc<ConnState>, payload: &[u8]) -> Reply {
+async fn auth_response(state: &Arc<State>, conn: &Arc<ConnState>, payload: &[u8]) -> Reply {
     let req: pb::AuthResponseRequest = tri!(decode(payload));
     let proof = match AuthProof::try_from(req) {
         Ok(p) => p,
@@ -233,18 +244,33 @@ fn auth_response(state: &Arc<State>, conn: &Arc<ConnState>, payload: &[u8]) -> R
     let Some(token) = random::<32>() else {
         return Reply::err(Status::Internal, "random number generator failed");
     };
-    conn.set_identity(proof.identity);
+    let first = conn.set_identity(proof.identity);
     state.register(proof.identity, conn);
     state.new_session(proof.identity, SessionToken(token), Instant::now());
     inc(&state.metrics.c.auth_success);
     tracing::debug!(identity = %proof.identity.fingerprint(), "authenticated");
+    if first {
+        user_connected(state, proof.identity).await;
+    }
     Reply::ok(&pb::AuthResponseResponse {
         session_token: token.to_vec(),
         expires_in_secs: SESSION_TTL.as_secs(),
     })
 }
 
-fn resume(state: &Arc<State>, conn: &Arc<ConnState>, payload: &[u8]) -> Reply {
+/// A user is here now: the mesh delivers their mail here, and what waited in custody for them
+/// is moved into their mailbox before the answer, so their next Fetch sees it.
+async fn user_connected(state: &Arc<State>, id: IdentityKey) {
+    if let Some(mesh) = &state.mesh {
+        mesh.user_connected(id);
+        if let Err(e) = mesh.deliver_waiting(id).await {
+            // It stays in custody; the mesh delivers it on its next pass.
+            tracing::warn!(error = %e, "delivering held messages failed");
+        }
+    }
+}
+
+async fn resume(state: &Arc<State>, conn: &Arc<ConnState>, payload: &[u8]) -> Reply {
     let req: pb::ResumeSessionRequest = tri!(decode(payload));
     let token = tri!(SessionToken::try_from(req));
     match state.resume_session(&token, Instant::now()) {
@@ -257,9 +283,12 @@ fn resume(state: &Arc<State>, conn: &Arc<ConnState>, payload: &[u8]) -> Reply {
                     format!("this connection is already authenticated as {current}"),
                 );
             }
-            conn.set_identity(id);
+            let first = conn.set_identity(id);
             state.register(id, conn);
             inc(&state.metrics.c.auth_success);
+            if first {
+                user_connected(state, id).await;
+            }
             Reply::ok(&pb::ResumeSessionResponse {
                 identity_key: id.as_bytes().to_vec(),
             })
@@ -300,7 +329,7 @@ fn new_message(
 }
 
 /// Wakes long polls and pushes `NewMessage` to the recipient's connections.
-fn announce(state: &Arc<State>, mailbox: &MailboxAddr, seq: u64) {
+pub(crate) fn announce(state: &Arc<State>, mailbox: &MailboxAddr, seq: u64) {
     state.notify(mailbox);
     for conn in state.connections_of(&mailbox.recipient) {
         match conn.push_decision(mailbox, seq) {
@@ -347,6 +376,48 @@ async fn push_new_message(conn: &ConnState, mailbox: &MailboxAddr, seq: u64) -> 
     .is_some()
 }
 
+/// Hands a message for a user whose mailbox is not here to the mesh: durable in custody when
+/// this returns, then routed hop by hop. Returns whether it was a duplicate.
+async fn to_mesh(state: &State, mesh: &MeshHandle, msg: NewMessage) -> Result<bool, Reply> {
+    let bytes = msg.payload.len() as u64;
+    let rec = BundleRecord {
+        mailbox: msg.mailbox,
+        message_id: msg.message_id,
+        sender: msg.sender,
+        received_at_ms: msg.enqueued_at_ms,
+        expires_at_ms: msg.expires_at_ms,
+        hop_count: 0,
+        hop_limit: state.cfg.mesh.hop_limit,
+        from: None,
+        payload: msg.payload,
+    };
+    let outcome = mesh
+        .enqueue_remote(rec)
+        .await
+        .map_err(|e| store_error(state, &e))?;
+    inc(&state.metrics.c.enqueue);
+    match outcome {
+        CustodyOutcome::Stored | CustodyOutcome::Delivered(_) => {
+            inc(&state.metrics.c.enqueue_mesh);
+            add(&state.metrics.c.enqueue_bytes, bytes);
+            Ok(false)
+        }
+        CustodyOutcome::Duplicate => {
+            inc(&state.metrics.c.enqueue_duplicate);
+            Ok(true)
+        }
+        CustodyOutcome::Expired => Err(Reply::err(Status::BadRequest, "message already expired")),
+        CustodyOutcome::Full => {
+            inc(&state.metrics.c.resource_exhausted);
+            Err(Reply::retry(
+                Status::ResourceExhausted,
+                "this node's custody for the mesh is full",
+                Duration::from_secs(60),
+            ))
+        }
+    }
+}
+
 async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
     let req: pb::EnqueueRequest = tri!(decode(payload));
     let e = tri!(Enqueue::try_from(req));
@@ -363,6 +434,18 @@ async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
         Ok(m) => m,
         Err(r) => return r,
     };
+    if let Some(mesh) = &state.mesh
+        && mesh.is_remote(&msg.mailbox.recipient)
+    {
+        return match to_mesh(state, mesh, msg).await {
+            Ok(duplicate) => Reply::ok(&pb::EnqueueResponse {
+                seq: 0,
+                delivery_proof: Vec::new(),
+                duplicate,
+            }),
+            Err(r) => r,
+        };
+    }
     let mailbox = msg.mailbox;
     let done = store!(state, state.store.enqueue(msg).await);
     inc(&state.metrics.c.enqueue);
@@ -407,12 +490,37 @@ async fn batch_enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> R
             Err(r) => return r,
         }
     }
-    let mailboxes: Vec<MailboxAddr> = msgs.iter().map(|m| m.mailbox).collect();
+    // Recipients whose mailbox is elsewhere go to the mesh, one by one; the rest in one commit.
+    let mut seqs = vec![0u64; msgs.len()];
+    let mut duplicates = vec![false; msgs.len()];
+    let mut local = Vec::with_capacity(msgs.len());
+    let mut local_at = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.into_iter().enumerate() {
+        match &state.mesh {
+            Some(mesh) if mesh.is_remote(&m.mailbox.recipient) => {
+                match to_mesh(state, mesh, m).await {
+                    Ok(dup) => {
+                        if let Some(d) = duplicates.get_mut(i) {
+                            *d = dup;
+                        }
+                    }
+                    Err(r) => return r,
+                }
+            }
+            _ => {
+                local_at.push(i);
+                local.push(m);
+            }
+        }
+    }
+    let mailboxes: Vec<MailboxAddr> = local.iter().map(|m| m.mailbox).collect();
     let bytes = b.payload.len() as u64;
-    let done = store!(state, state.store.enqueue_batch(msgs).await);
-    let mut seqs = Vec::with_capacity(done.len());
-    let mut duplicates = Vec::with_capacity(done.len());
-    for (mailbox, d) in mailboxes.iter().zip(&done) {
+    let done = if local.is_empty() {
+        Vec::new()
+    } else {
+        store!(state, state.store.enqueue_batch(local).await)
+    };
+    for ((mailbox, d), i) in mailboxes.iter().zip(&done).zip(local_at) {
         inc(&state.metrics.c.enqueue);
         if d.duplicate {
             inc(&state.metrics.c.enqueue_duplicate);
@@ -420,8 +528,10 @@ async fn batch_enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> R
             add(&state.metrics.c.enqueue_bytes, bytes);
             announce(state, mailbox, d.seq);
         }
-        seqs.push(d.seq);
-        duplicates.push(d.duplicate);
+        if let (Some(s), Some(dup)) = (seqs.get_mut(i), duplicates.get_mut(i)) {
+            *s = d.seq;
+            *dup = d.duplicate;
+        }
     }
     Reply::ok(&pb::BatchEnqueueResponse { seqs, duplicates })
 }
@@ -576,6 +686,158 @@ fn fetch_hybrid_keys(state: &State, payload: &[u8]) -> Reply {
         keys: keys
             .into_iter()
             .map(|k| k.map(|k| k.as_bytes().to_vec()).unwrap_or_default())
+            .collect(),
+    })
+}
+
+fn no_mesh() -> Reply {
+    Reply::err(
+        Status::Unavailable,
+        "this node runs without a mesh (mesh.enabled = false)",
+    )
+}
+
+async fn attach(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
+    let req: pb::AttachRequest = tri!(decode(payload));
+    let Some(mesh) = &state.mesh else {
+        return no_mesh();
+    };
+    let node = tri!(NodeId::from_field(&req.node_id, "node_id"));
+    if node != mesh.node_id() {
+        return Reply::err(
+            Status::BadRequest,
+            format!(
+                "the claim names node {node}, but this node is {} (HealthResponse.mesh_node_id)",
+                mesh.node_id()
+            ),
+        );
+    }
+    let hybrid = tri!(HybridPublicKey::from_field(
+        &req.hybrid_public_key,
+        "hybrid_public_key"
+    ));
+    let Ok(signature) = <[u8; 64]>::try_from(req.signature.as_slice()) else {
+        return Reply::err(
+            Status::BadRequest,
+            format!("signature: expected 64 bytes, got {}", req.signature.len()),
+        );
+    };
+    let claim = Claim {
+        user: me,
+        node,
+        timestamp_ms: req.timestamp_ms,
+        hybrid,
+        signature,
+    };
+    match mesh.attach(claim).await {
+        Ok(delivered) => {
+            inc(&state.metrics.c.attach);
+            Reply::ok(&pb::AttachResponse { delivered })
+        }
+        Err(MeshError::ClaimRefused) => Reply::err(
+            Status::Unauthorized,
+            "presence claim refused: the signature does not verify for this connection's identity, or a newer claim is known (use the current time)",
+        ),
+        Err(MeshError::Store(e)) => store_error(state, &e),
+        Err(e) => {
+            tracing::error!(error = %e, "attach failed");
+            Reply::err(Status::Internal, "attach failed; see the node's log")
+        }
+    }
+}
+
+fn topic_of(bytes: &[u8]) -> Result<[u8; TOPIC_LEN], Reply> {
+    <[u8; TOPIC_LEN]>::try_from(bytes).map_err(|_| {
+        Reply::err(
+            Status::BadRequest,
+            format!("topic: expected {TOPIC_LEN} bytes, got {}", bytes.len()),
+        )
+    })
+}
+
+fn broadcast_publish(state: &State, payload: &[u8]) -> Reply {
+    let req: pb::BroadcastPublishRequest = tri!(decode(payload));
+    let Some(mesh) = &state.mesh else {
+        return no_mesh();
+    };
+    let topic = match topic_of(&req.topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if req.payload.is_empty() || req.payload.len() > MAX_BROADCAST_PAYLOAD {
+        return Reply::err(
+            Status::PayloadTooLarge,
+            format!(
+                "broadcast payload: {} bytes, allowed 1 to {MAX_BROADCAST_PAYLOAD}",
+                req.payload.len()
+            ),
+        );
+    }
+    let message_id = tri!(MessageId::from_field(&req.message_id, "message_id"));
+    let hops = u8::try_from(req.hop_limit).unwrap_or(u8::MAX);
+    let lifetime_ms = u64::from(state.cfg.default_ttl_secs) * 1000;
+    match mesh.publish(topic, message_id, hops, lifetime_ms, req.payload) {
+        Ok(_) => {
+            inc(&state.metrics.c.broadcast_published);
+            Reply::ok(&pb::BroadcastPublishResponse { duplicate: false })
+        }
+        Err(BroadcastDropped::Duplicate) => {
+            Reply::ok(&pb::BroadcastPublishResponse { duplicate: true })
+        }
+        Err(BroadcastDropped::RateLimited) => Reply::retry(
+            Status::RateLimited,
+            "this topic is over its broadcast rate; back off",
+            Duration::from_secs(1),
+        ),
+        Err(BroadcastDropped::Expired) => Reply::err(Status::BadRequest, "no lifetime"),
+    }
+}
+
+async fn broadcast_fetch(state: &Arc<State>, payload: &[u8]) -> Reply {
+    let req: pb::BroadcastFetchRequest = tri!(decode(payload));
+    let Some(mesh) = &state.mesh else {
+        return no_mesh();
+    };
+    let topic = match topic_of(&req.topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let limit = if req.limit == 0 {
+        64
+    } else {
+        req.limit.min(256)
+    } as usize;
+    let timeout = Duration::from_millis(req.timeout_ms.min(ferry_proto::limits::MAX_FETCH_WAIT_MS));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let now_wall = crate::now_ms();
+    let kept = loop {
+        let notified = state.broadcast.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let drain = state.drain.notified();
+        tokio::pin!(drain);
+        drain.as_mut().enable();
+        let kept = mesh.broadcasts(&topic, req.after_seq);
+        if !kept.is_empty() || state.is_draining() || tokio::time::Instant::now() >= deadline {
+            break kept;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = &mut drain => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    };
+    let core_now = mesh.clock_ms();
+    Reply::ok(&pb::BroadcastFetchResponse {
+        messages: kept
+            .into_iter()
+            .take(limit)
+            .map(|k| pb::BroadcastEnvelope {
+                seq: k.seq,
+                payload: k.payload,
+                message_id: k.message_id.as_bytes().to_vec(),
+                received_at_ms: now_wall.saturating_sub(core_now.saturating_sub(k.received_ms)),
+            })
             .collect(),
     })
 }

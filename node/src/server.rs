@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::frame::{RequestHeader, encode_response};
 use ferry_proto::limits::ALPN_QPQ;
-use ferry_proto::types::Fingerprint;
+use ferry_proto::types::{Fingerprint, NodeId};
 use ferry_proto::{Method, Status};
 use ferry_store::Store;
 use portable_atomic::Ordering;
@@ -38,6 +38,10 @@ pub struct RunningNode {
     pub cert_fingerprint: Fingerprint,
     /// Whether the certificate was made by this start.
     pub cert_created: bool,
+    /// The mesh node id, unless the mesh is off.
+    pub mesh_node_id: Option<NodeId>,
+    /// Where mesh links listen.
+    pub mesh_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -158,8 +162,39 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         source,
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let registry = Arc::new(crate::metrics::registry(&metrics, &store));
-    let state = Arc::new(State::new(store, cfg.clone(), metrics, fingerprint));
+    let mesh = if cfg.mesh.enabled {
+        let started = crate::mesh::start(&cfg, store.clone(), local_addr, fingerprint)
+            .instrument(node_span.clone())
+            .await?;
+        Some(started)
+    } else {
+        None
+    };
+    let handle = mesh.as_ref().map(|m| m.handle.clone());
+    let registry = Arc::new(crate::metrics::registry(&metrics, &store, handle.clone()));
+    let state = Arc::new(State::new(
+        store,
+        cfg.clone(),
+        metrics,
+        fingerprint,
+        handle.clone(),
+    ));
+    let mut discovery = None;
+    if let Some(m) = mesh {
+        tokio::spawn(
+            mesh_events(Arc::clone(&state), m.events, stop_rx.clone())
+                .instrument(node_span.clone()),
+        );
+        discovery = m.discovery;
+    }
+    #[cfg(unix)]
+    {
+        let admin = crate::admin::bind(&cfg.admin_socket_path())?;
+        tokio::spawn(
+            crate::admin::serve(admin, Arc::clone(&state), stop_rx.clone())
+                .instrument(node_span.clone()),
+        );
+    }
     let metrics_addr = match &cfg.metrics {
         Some(m) => {
             let listener =
@@ -189,15 +224,48 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         }
     }
     tokio::spawn(sweeper(Arc::clone(&state), stop_rx.clone()).instrument(node_span.clone()));
-    let task = tokio::spawn(run(endpoint, state, stop_rx).instrument(node_span));
+    let task = tokio::spawn(
+        async move {
+            // mDNS stops announcing only at the end of this block, after the mesh shut down.
+            let _discovery = discovery;
+            run(endpoint, state, stop_rx).await;
+        }
+        .instrument(node_span),
+    );
     Ok(RunningNode {
         local_addr,
         metrics_addr,
         cert_fingerprint: fingerprint,
         cert_created,
+        mesh_node_id: handle.as_ref().map(|m| m.node_id()),
+        mesh_addrs: handle.as_ref().map(|m| m.local_addrs()).unwrap_or_default(),
         stop: stop_tx,
         task,
     })
+}
+
+/// Turns mesh deliveries into long-poll wake-ups and pushes.
+async fn mesh_events(
+    state: Arc<State>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ferry_mesh::driver::MeshEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use ferry_mesh::driver::MeshEvent;
+    loop {
+        let ev = tokio::select! {
+            e = events.recv() => e,
+            _ = stop.changed() => return,
+        };
+        match ev {
+            Some(MeshEvent::Delivered(list)) => {
+                for (mailbox, seq) in list {
+                    rpc::announce(&state, &mailbox, seq);
+                }
+            }
+            Some(MeshEvent::Broadcast { .. }) => state.broadcast.notify_waiters(),
+            None => return,
+        }
+    }
 }
 
 async fn sweeper(state: Arc<State>, mut stop: watch::Receiver<bool>) {
@@ -259,6 +327,11 @@ async fn shutdown(endpoint: &quinn::Endpoint, state: &Arc<State>) {
     }
     endpoint.close(0u32.into(), b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Some(mesh) = &state.mesh {
+        mesh.shutdown().await;
+    }
+    #[cfg(unix)]
+    let _ = std::fs::remove_file(state.cfg.admin_socket_path());
     let store = state.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("stopped");
@@ -307,6 +380,9 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
     }
     if let Some(identity) = conn.identity() {
         state.unregister(&identity, conn.id);
+        if let Some(mesh) = &state.mesh {
+            mesh.user_disconnected(identity);
+        }
     }
     state.open_conns.fetch_sub(1, Ordering::AcqRel);
     state

@@ -29,6 +29,10 @@ pub(crate) struct State {
     pub(crate) limiter: Option<RateLimiter>,
     pub(crate) started: Instant,
     pub(crate) node_id: String,
+    /// The mesh, unless disabled.
+    pub(crate) mesh: Option<ferry_mesh::driver::MeshHandle>,
+    /// Woken when a broadcast is kept, so BroadcastFetch long polls look again.
+    pub(crate) broadcast: Notify,
     pub(crate) draining: AtomicBool,
     /// Woken when draining starts, so long polls return at once.
     pub(crate) drain: Notify,
@@ -60,6 +64,7 @@ impl State {
         cfg: NodeConfig,
         metrics: Arc<Metrics>,
         cert_fingerprint: Fingerprint,
+        mesh: Option<ferry_mesh::driver::MeshHandle>,
     ) -> Self {
         let limiter =
             (cfg.rate_limit > 0).then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, 16_384));
@@ -74,6 +79,8 @@ impl State {
             metrics,
             started: Instant::now(),
             node_id: cert_fingerprint.short(),
+            mesh,
+            broadcast: Notify::new(),
             cfg,
             draining: AtomicBool::new(false),
             drain: Notify::new(),

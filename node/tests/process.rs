@@ -69,6 +69,9 @@ impl NodeProc {
                     listen,
                     "--rate-limit",
                     "0",
+                    "--mesh-listen",
+                    "127.0.0.1:0",
+                    "--no-mdns",
                     "--data-dir",
                 ])
                 .arg(dir),
@@ -409,7 +412,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().display().to_string();
     let script = format!(
-        "mount -t tmpfs -o size=3m ferry-test '{data}' && exec '{FERRY}' node --listen 127.0.0.1:0 --rate-limit 0 --data-dir '{data}'"
+        "mount -t tmpfs -o size=3m ferry-test '{data}' && exec '{FERRY}' node --listen 127.0.0.1:0 --mesh-listen 127.0.0.1:0 --no-mdns --rate-limit 0 --data-dir '{data}'"
     );
     let node = NodeProc::spawn(Command::new("unshare").args([
         "--mount",

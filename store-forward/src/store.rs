@@ -17,7 +17,7 @@ use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverRe
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
     MAILBOXES, MESSAGES, META, META_BYTES, META_CUSTODY_BYTES, META_CUSTODY_COUNT, META_EXPIRED,
-    META_MESSAGES, META_SCHEMA, PRESENCE, SCHEMA_VERSION,
+    META_MESSAGES, META_SCHEMA, PRESENCE, RECIPIENTS, SCHEMA_VERSION,
 };
 use crate::writer::{self, Job, WriteOp};
 use crate::{Pending, StoreConfig, StoreError};
@@ -612,6 +612,26 @@ impl Store {
         let t = rtx.open_table(CUSTODY)?;
         let found = t.get(digest.as_bytes())?;
         found.map(|v| custody::decode(v.value())).transpose()
+    }
+
+    /// Whether `recipient` has messages in a mailbox here.
+    pub fn has_mail(&self, recipient: &IdentityKey) -> Result<bool, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(RECIPIENTS)?;
+        let found = t.get(recipient.as_bytes())?;
+        Ok(found.is_some_and(|v| v.value().0 > 0))
+    }
+
+    /// Whether any bundle in custody is for `recipient` (a read; no write when there is none).
+    pub fn custody_waiting(&self, recipient: &IdentityKey) -> Result<bool, StoreError> {
+        let db = self.db()?;
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(CUSTODY_BY_RECIPIENT)?;
+        let from = (*recipient.as_bytes(), [0u8; 16]);
+        let to = (*recipient.as_bytes(), [0xffu8; 16]);
+        let mut range = t.range(from..=to)?;
+        Ok(range.next().transpose()?.is_some())
     }
 
     /// Everything in custody, in digest order.

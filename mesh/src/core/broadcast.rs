@@ -35,9 +35,12 @@ struct Topic {
 
 /// Why a broadcast was not taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dropped {
+pub enum Dropped {
+    /// Already seen (same topic and message id).
     Duplicate,
+    /// Over the topic's rate.
     RateLimited,
+    /// No lifetime left.
     Expired,
 }
 

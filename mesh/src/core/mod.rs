@@ -25,7 +25,7 @@ use ferry_proto::limits::{
 };
 use ferry_proto::types::{BundleDigest, IdentityKey, MessageId, NodeId};
 
-pub use broadcast::Kept;
+pub use broadcast::{Dropped as BroadcastDropped, Kept};
 pub use custody::BundleMeta;
 pub use peers::{PeerSource, PeerView};
 pub use presence::verify as verify_claim;
@@ -403,6 +403,14 @@ impl Mesh {
         self.connected.contains_key(user) || self.presence.home(user) == Some(self.cfg.me)
     }
 
+    /// Whether mail for `user` must travel: their home is another node and they are not
+    /// connected here. A user nobody has heard of is not remote: their mail waits in a
+    /// mailbox here and follows them once they attach elsewhere.
+    pub fn is_remote(&self, user: &IdentityKey) -> bool {
+        !self.connected.contains_key(user)
+            && self.presence.home(user).is_some_and(|h| h != self.cfg.me)
+    }
+
     /// Where a user's mail goes: their home node, if known.
     pub fn home(&self, user: &IdentityKey) -> Option<NodeId> {
         self.presence.home(user)
@@ -704,7 +712,7 @@ impl Mesh {
                 }
             }
             LinkMsg::Broadcast(b) => {
-                self.on_broadcast(now_ms, Some(from), b);
+                let _ = self.on_broadcast(now_ms, Some(from), b);
             }
         }
     }
@@ -815,7 +823,7 @@ impl Mesh {
         hop_limit: u8,
         lifetime_ms: u64,
         payload: Vec<u8>,
-    ) -> Option<u64> {
+    ) -> Result<u64, BroadcastDropped> {
         let m = BroadcastMsg {
             topic,
             message_id,
@@ -934,7 +942,9 @@ impl Mesh {
             Ok(prev) => {
                 self.outputs.push_back(Output::StorePresence(c.clone()));
                 let new_home = c.node;
-                if prev == Some(self.cfg.me)
+                // Mail kept here for the user (their home, or nobody knew where they were)
+                // follows them to their new home.
+                if prev.is_none_or(|p| p == self.cfg.me)
                     && new_home != self.cfg.me
                     && !self.connected.contains_key(&user)
                 {
@@ -1075,7 +1085,12 @@ impl Mesh {
         }
     }
 
-    fn on_broadcast(&mut self, now_ms: u64, from: Option<NodeId>, m: BroadcastMsg) -> Option<u64> {
+    fn on_broadcast(
+        &mut self,
+        now_ms: u64,
+        from: Option<NodeId>,
+        m: BroadcastMsg,
+    ) -> Result<u64, BroadcastDropped> {
         match self.broadcasts.accept(&m, now_ms) {
             Ok(seq) => {
                 self.stats.broadcasts += 1;
@@ -1098,13 +1113,14 @@ impl Mesh {
                         self.send(t, LinkMsg::Broadcast(fwd.clone()));
                     }
                 }
-                Some(seq)
+                Ok(seq)
             }
-            Err(broadcast::Dropped::RateLimited) => {
-                self.stats.broadcasts_rate_limited += 1;
-                None
+            Err(e) => {
+                if e == BroadcastDropped::RateLimited {
+                    self.stats.broadcasts_rate_limited += 1;
+                }
+                Err(e)
             }
-            Err(_) => None,
         }
     }
 

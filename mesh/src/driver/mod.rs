@@ -30,7 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::core::{
-    BundleMeta, Config, Kept, Mesh, Output, PeerSource, PeerView, RouteView, Sizes, Stats, Stored,
+    BroadcastDropped, BundleMeta, Config, Kept, Mesh, Output, PeerSource, PeerView, RouteView,
+    Sizes, Stats, Stored,
 };
 use crate::wire::{self, Bundle, Claim};
 pub use transport::{Incoming, Link, Transport, TransportError};
@@ -238,6 +239,11 @@ impl MeshHandle {
         u64::try_from(self.inner.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The core's clock: milliseconds since the mesh started (times in [`Kept`] use it).
+    pub fn clock_ms(&self) -> u64 {
+        self.now()
+    }
+
     fn core(&self) -> MutexGuard<'_, Mesh> {
         match self.inner.core.lock() {
             Ok(g) => g,
@@ -263,9 +269,9 @@ impl MeshHandle {
         self.inner.transport.local_addrs()
     }
 
-    /// Whether mail for `user` belongs in a mailbox here.
-    pub fn is_local(&self, user: &IdentityKey) -> bool {
-        self.core().is_local(user)
+    /// Whether mail for `user` must go through the mesh (see [`Mesh::is_remote`]).
+    pub fn is_remote(&self, user: &IdentityKey) -> bool {
+        self.core().is_remote(user)
     }
 
     /// Puts a local client's message for a remote recipient into custody (durably) and lets
@@ -301,6 +307,9 @@ impl MeshHandle {
 
     /// Moves what waits in custody for `user` into their mailbox here.
     pub async fn deliver_waiting(&self, user: IdentityKey) -> Result<u64, MeshError> {
+        if !self.inner.store.custody_waiting(&user)? {
+            return Ok(0);
+        }
         let rep = self
             .inner
             .store
@@ -344,7 +353,7 @@ impl MeshHandle {
         self.with_core(|m, now| m.handle_reconnect(now));
     }
 
-    /// Publishes a local broadcast; `None` when duplicate or over the topic's rate.
+    /// Publishes a local broadcast; returns its seq in the topic here.
     pub fn publish(
         &self,
         topic: [u8; TOPIC_LEN],
@@ -352,7 +361,7 @@ impl MeshHandle {
         hop_limit: u8,
         lifetime_ms: u64,
         payload: Vec<u8>,
-    ) -> Option<u64> {
+    ) -> Result<u64, BroadcastDropped> {
         self.with_core(|m, now| {
             m.handle_local_broadcast(now, topic, message_id, hop_limit, lifetime_ms, payload)
         })
@@ -637,6 +646,10 @@ impl MeshHandle {
                 });
             }
             Output::EvictUser(user) => {
+                // Most claims are for users with no mail here: a read spares the write.
+                if let Ok(false) = store.has_mail(&user) {
+                    return;
+                }
                 let h = self.clone();
                 let p = store.evict(user, wall_ms(), self.inner.hop_limit);
                 tokio::spawn(async move {

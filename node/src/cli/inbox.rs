@@ -99,6 +99,7 @@ fn show(
                     "sent_at_ms": m.sent_at_ms,
                     "text": m.text,
                     "seq": env.seq,
+                    "received_at_ms": ferry_client::now_ms(),
                 })
                 .to_string());
             } else {

@@ -6,8 +6,11 @@ use anyhow::Context;
 use ferry_client::{Client, ConnectOptions, Identity, Trust};
 use ferry_proto::types::Fingerprint;
 
+#[cfg(unix)]
+pub(crate) mod admin;
 #[cfg(feature = "bench")]
 pub(crate) mod bench;
+pub(crate) mod broadcast;
 pub(crate) mod id;
 pub(crate) mod inbox;
 pub(crate) mod node;
@@ -81,7 +84,8 @@ impl NodeFlags {
     }
 }
 
-/// Connects, authenticates as `id` and publishes its hybrid key (so others can write to it).
+/// Connects, authenticates as `id` and attaches: the node becomes `id`'s home in the mesh
+/// and publishes its hybrid key (so others can write to it).
 pub(crate) async fn login(flags: &NodeFlags, id: &Identity) -> anyhow::Result<Client> {
     let client = flags.connect().await?;
     client
@@ -89,9 +93,9 @@ pub(crate) async fn login(flags: &NodeFlags, id: &Identity) -> anyhow::Result<Cl
         .await
         .context("authenticating with the node")?;
     client
-        .upload_hybrid_key(id)
+        .attach(id)
         .await
-        .context("publishing your encryption key")?;
+        .context("attaching to the node (publishing your presence and encryption key)")?;
     Ok(client)
 }
 

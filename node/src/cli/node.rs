@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ferry_node::{FileConfig, NodeConfig};
+use ferry_node::{FileConfig, NodeConfig, StaticPeer};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct NodeArgs {
@@ -22,6 +22,21 @@ pub(crate) struct NodeArgs {
     /// Requests per second per client IP; 0 turns the limit off [default: 50].
     #[arg(long, env = "FERRY_RATE_LIMIT")]
     rate_limit: Option<u32>,
+    /// Mesh address (UDP) [default: [::]:5002].
+    #[arg(long, env = "FERRY_MESH_LISTEN")]
+    mesh_listen: Option<String>,
+    /// A static mesh peer, `<node id>@host:port`; repeat for more (adds to the config file's).
+    #[arg(long = "peer", env = "FERRY_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Run without the mesh: a standalone node.
+    #[arg(long, env = "FERRY_NO_MESH")]
+    no_mesh: bool,
+    /// Do not announce or browse with mDNS.
+    #[arg(long, env = "FERRY_NO_MDNS")]
+    no_mdns: bool,
+    /// Admin socket [default: <data dir>/ferry.sock].
+    #[arg(long, env = "FERRY_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
 }
 
 pub(crate) fn config(args: &NodeArgs, log: Option<String>) -> anyhow::Result<NodeConfig> {
@@ -29,7 +44,10 @@ pub(crate) fn config(args: &NodeArgs, log: Option<String>) -> anyhow::Result<Nod
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let mut cfg = NodeConfig::from_file(&file);
+    let mut cfg = NodeConfig::from_file(&file).map_err(|e| match &args.config {
+        Some(p) => anyhow::anyhow!("config file {}: {e}", p.display()),
+        None => anyhow::anyhow!(e),
+    })?;
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
     }
@@ -44,6 +62,23 @@ pub(crate) fn config(args: &NodeArgs, log: Option<String>) -> anyhow::Result<Nod
     }
     if let Some(l) = log {
         cfg.log = l;
+    }
+    if let Some(m) = &args.mesh_listen {
+        cfg.mesh.listen = m.clone();
+    }
+    for p in args.peers.iter().filter(|p| !p.trim().is_empty()) {
+        cfg.mesh
+            .peers
+            .push(p.trim().parse::<StaticPeer>().map_err(anyhow::Error::msg)?);
+    }
+    if args.no_mesh {
+        cfg.mesh.enabled = false;
+    }
+    if args.no_mdns {
+        cfg.mesh.mdns = false;
+    }
+    if let Some(a) = &args.admin_socket {
+        cfg.admin_socket = Some(a.clone());
     }
     Ok(cfg)
 }

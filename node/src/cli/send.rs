@@ -24,7 +24,8 @@ pub(crate) struct SendArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
-    /// The message.
+    /// The message; `-` sends each line of standard input as its own message, over one
+    /// connection.
     text: String,
 }
 
@@ -46,7 +47,33 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
         None => 0,
         Some(d) => u32::try_from(d.as_secs().max(1)).context("--ttl is too long")?,
     };
-    let id = super::load_identity(&crate::identity_path(args.id))?;
+    let id = super::load_identity(&crate::identity_path(args.id.clone()))?;
+    let mut client = None;
+    if args.text == "-" {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("reading standard input")?;
+            send_one(&args, &id, &to, ttl_secs, &line, &mut client).await?;
+        }
+    } else {
+        send_one(&args, &id, &to, ttl_secs, &args.text, &mut client).await?;
+    }
+    if let Some(c) = client {
+        c.close().await;
+    }
+    Ok(())
+}
+
+/// Sends one message, reconnecting and retrying (with the same message id) when the failure
+/// is retryable.
+async fn send_one(
+    args: &SendArgs,
+    id: &ferry_client::Identity,
+    to: &HybridKeyLookup,
+    ttl_secs: u32,
+    text: &str,
+    client: &mut Option<ferry_client::Client>,
+) -> anyhow::Result<()> {
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).context("system random number generator")?;
     let message_id = MessageId::from_array(raw);
@@ -55,18 +82,24 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
     let (recipient, resp) = loop {
         attempt += 1;
         let result = async {
-            let client = login(&args.node, &id).await?;
-            let r = client
-                .send_text(&id, &to, &args.text, ttl_secs, message_id)
-                .await;
-            client.close().await;
-            r.map_err(anyhow::Error::from)
+            if client.is_none() {
+                *client = Some(login(&args.node, id).await?);
+            }
+            let Some(c) = client.as_ref() else {
+                anyhow::bail!("not connected");
+            };
+            c.send_text(id, to, text, ttl_secs, message_id)
+                .await
+                .map_err(anyhow::Error::from)
         }
         .await;
         match result {
             Ok(r) => break r,
             Err(e) if attempt < 3 && is_retryable(&e) => {
                 tracing::warn!(error = %e, attempt, "send failed; retrying with the same message id");
+                if let Some(c) = client.take() {
+                    c.close().await;
+                }
                 tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
             }
             Err(e) => return Err(e),
@@ -78,12 +111,18 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
             "to": recipient.to_hex(),
             "seq": resp.seq,
             "duplicate": resp.duplicate,
+            "sent_at_ms": ferry_client::now_ms(),
         })
         .to_string());
     } else if resp.duplicate {
         out(&format!(
             "already stored earlier: {message_id} (seq {})",
             resp.seq
+        ));
+    } else if resp.seq == 0 {
+        out(&format!(
+            "sent {message_id} to {} (in custody, on its way through the mesh)",
+            recipient.fingerprint(),
         ));
     } else {
         out(&format!(

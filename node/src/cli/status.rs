@@ -24,6 +24,7 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
             "queue_depth": h.queue_depth,
             "node_id": h.node_id,
             "fingerprint": fp.to_string(),
+            "mesh_node_id": data_encoding::HEXLOWER.encode(&h.mesh_node_id),
         })
         .to_string());
     } else {
@@ -36,6 +37,14 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
         ));
         out(&format!("queue depth: {} messages", h.queue_depth));
         out(&format!("certificate: {fp}"));
+        if h.mesh_node_id.is_empty() {
+            out("mesh:        off");
+        } else {
+            out(&format!(
+                "mesh id:     {}",
+                data_encoding::HEXLOWER.encode(&h.mesh_node_id)
+            ));
+        }
     }
     client.close().await;
     Ok(())

@@ -22,6 +22,9 @@ pub fn config(dir: &std::path::Path) -> NodeConfig {
         ..NodeConfig::default()
     };
     cfg.set_rate_limit(0);
+    // Tests run in parallel on one machine: mesh on loopback, random port, no multicast.
+    cfg.mesh.listen = "127.0.0.1:0".into();
+    cfg.mesh.mdns = false;
     cfg
 }
 
@@ -39,6 +42,11 @@ pub async fn start_with(f: impl FnOnce(&mut NodeConfig)) -> TestNode {
 }
 
 impl TestNode {
+    /// The node's admin socket.
+    pub fn node_admin(&self) -> std::path::PathBuf {
+        self.dir.path().join("ferry.sock")
+    }
+
     pub fn opts(&self) -> ConnectOptions {
         ConnectOptions::with_trust(Trust::Pinned(self.node.cert_fingerprint))
     }

@@ -1,0 +1,177 @@
+//! `ferry peers`, `ferry routes`, `ferry store`, `ferry reconnect`: views of the node running
+//! on this machine, through its admin socket.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ferry_node::{FileConfig, NodeConfig};
+use serde_json::Value;
+
+use super::{out, rfc3339};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct AdminArgs {
+    /// The node's config file (to find its data directory).
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The node's data directory [default: ./ferry-data].
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The admin socket [default: <data dir>/ferry.sock].
+    #[arg(long, env = "FERRY_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn socket(args: &AdminArgs) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &args.admin_socket {
+        return Ok(s.clone());
+    }
+    let mut cfg = match &args.config {
+        Some(p) => NodeConfig::from_file(&FileConfig::load(p)?).map_err(anyhow::Error::msg)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg.admin_socket_path())
+}
+
+fn call(args: &AdminArgs, command: &str) -> anyhow::Result<Value> {
+    let path = socket(args)?;
+    let v = ferry_node::admin::call(&path, command).with_context(|| {
+        format!(
+            "no node answers on {} (is `ferry node` running with this data directory? try --data-dir or --admin-socket)",
+            path.display()
+        )
+    })?;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        anyhow::bail!("{e}");
+    }
+    Ok(v)
+}
+
+fn short(v: &Value) -> String {
+    v.as_str()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
+    let v = call(&args, "peers")?;
+    if args.json {
+        out(&v.to_string());
+        return Ok(());
+    }
+    let rows = list(&v);
+    out(&format!(
+        "{:<12}  {:<6}  {:<10}  {:>8}  {:>5}  addresses",
+        "node", "link", "source", "seen", "fails"
+    ));
+    for p in rows {
+        let source = if p["configured"].as_bool() == Some(true) {
+            "static".to_string()
+        } else if p["mdns"].as_bool() == Some(true) {
+            "mdns".to_string()
+        } else if p["exchanged_by"].is_string() {
+            format!("via {}", short(&p["exchanged_by"]).get(..4).unwrap_or(""))
+        } else {
+            "incoming".to_string()
+        };
+        let addrs: Vec<&str> = list(&p["addrs"]).iter().filter_map(Value::as_str).collect();
+        out(&format!(
+            "{:<12}  {:<6}  {:<10}  {:>7}s  {:>5}  {}",
+            short(&p["node_id"]),
+            if p["linked"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "-"
+            },
+            source,
+            p["age_ms"].as_u64().unwrap_or(0) / 1000,
+            p["failures"].as_u64().unwrap_or(0),
+            addrs.join(" ")
+        ));
+    }
+    out(&format!("{} peers", rows.len()));
+    Ok(())
+}
+
+pub(crate) fn routes(args: AdminArgs) -> anyhow::Result<()> {
+    let v = call(&args, "routes")?;
+    if args.json {
+        out(&v.to_string());
+        return Ok(());
+    }
+    let rows = list(&v);
+    out(&format!(
+        "{:<12}  {:<12}  {:>6}  {:>8}",
+        "node", "next hop", "metric", "seqno"
+    ));
+    for r in rows {
+        out(&format!(
+            "{:<12}  {:<12}  {:>6}  {:>8}",
+            short(&r["node_id"]),
+            short(&r["next_hop"]),
+            r["metric"].as_u64().unwrap_or(0),
+            r["seqno"].as_u64().unwrap_or(0),
+        ));
+    }
+    out(&format!("{} routes", rows.len()));
+    Ok(())
+}
+
+pub(crate) fn store(args: AdminArgs) -> anyhow::Result<()> {
+    let v = call(&args, "store")?;
+    if args.json {
+        out(&v.to_string());
+        return Ok(());
+    }
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    out(&format!(
+        "messages:    {} in {} mailboxes ({} bytes)",
+        n("messages"),
+        n("mailboxes"),
+        n("bytes")
+    ));
+    out(&format!(
+        "oldest:      {}",
+        v["oldest_enqueued_ms"]
+            .as_u64()
+            .map(rfc3339)
+            .unwrap_or_else(|| "-".into())
+    ));
+    out(&format!(
+        "in custody:  {} bundles ({} bytes) for the mesh",
+        n("custody_bundles"),
+        n("custody_bytes")
+    ));
+    out(&format!(
+        "expired:     {} since the database was created",
+        n("expired_total")
+    ));
+    out(&format!("database:    {} bytes on disk", n("file_bytes")));
+    out(&format!(
+        "writes:      {} commits, {} fsyncs, {} bytes written since start",
+        n("commits"),
+        n("fsyncs"),
+        n("bytes_written")
+    ));
+    Ok(())
+}
+
+pub(crate) fn reconnect(args: AdminArgs) -> anyhow::Result<()> {
+    let v = call(&args, "reconnect")?;
+    if args.json {
+        out(&v.to_string());
+    } else {
+        out("redialling known peers");
+    }
+    Ok(())
+}
