@@ -278,6 +278,25 @@ async fn plain_quic_refuses_a_peer_that_is_not_the_node_dialled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_known_only_by_address_is_identified() {
+    use ferry_mesh::driver::quic_transport::identify;
+    let a = node(Kind::Iroh, 41).await;
+    let b = node(Kind::Quic, 42).await;
+    assert_eq!(identify(key(99), a.addr).await.unwrap(), a.mesh.node_id());
+    assert_eq!(identify(key(99), b.addr).await.unwrap(), b.mesh.node_id());
+    // Nothing listening: a clear error, soon.
+    let dead: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(15), identify(key(99), dead))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("127.0.0.1:9"), "{e}");
+    for n in [&a, &b] {
+        n.mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custody_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.redb");

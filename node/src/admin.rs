@@ -167,7 +167,7 @@ async fn answer(state: &State, cmd: &str) -> Value {
         },
         "reconnect" => match mesh {
             Some(m) => {
-                crate::mesh::add_static_peers(m, &state.cfg.mesh.peers).await;
+                state.peers_kick.notify_one();
                 m.reconnect();
                 tracing::info!("reconnect requested: redialling known peers");
                 json!({"ok": true})

@@ -36,7 +36,7 @@ pub struct MeshSection {
     pub enabled: Option<bool>,
     /// Mesh address, `host:port` (UDP).
     pub listen: Option<String>,
-    /// Static peers, `<node id>@host:port`.
+    /// Static peers, `host:port` or `<node id>@host:port`.
     pub peers: Option<Vec<String>>,
     /// Announce and browse with mDNS.
     pub mdns: Option<bool>,
@@ -94,11 +94,12 @@ impl FileConfig {
     }
 }
 
-/// A configured peer: its node id and where to dial it.
+/// A configured peer: where to dial it and, if given, its node id. Without an id the node
+/// learns it from the peer's handshake (trust on first use, as for any configured address).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaticPeer {
-    /// Node id.
-    pub node: NodeId,
+    /// Node id, if configured.
+    pub node: Option<NodeId>,
     /// `host:port`, resolved when dialled.
     pub addr: String,
 }
@@ -107,15 +108,24 @@ impl std::str::FromStr for StaticPeer {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (id, addr) = s
-            .split_once('@')
-            .ok_or_else(|| format!("static peer {s:?}: expected <node id>@host:port"))?;
-        let node: NodeId = id
-            .parse()
-            .map_err(|_| format!("static peer {s:?}: {id:?} is not a node id (64 hex digits; `ferry status` prints it)"))?;
+        let (node, addr) = match s.split_once('@') {
+            Some((id, addr)) => {
+                let node: NodeId = id.parse().map_err(|_| {
+                    format!(
+                        "static peer {s:?}: {id:?} is not a node id (64 hex digits; `ferry status` prints it)"
+                    )
+                })?;
+                (Some(node), addr)
+            }
+            None => (None, s),
+        };
         match addr.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-            _ => return Err(format!("static peer {s:?}: expected host:port after '@'")),
+            _ => {
+                return Err(format!(
+                    "static peer {s:?}: expected host:port or <node id>@host:port"
+                ));
+            }
         }
         Ok(Self {
             node,
@@ -384,8 +394,11 @@ mod tests {
         assert_eq!(p.addr, "10.0.0.2:5002");
         let p: StaticPeer = format!("{id}@[fd00::1]:5002").parse().unwrap();
         assert_eq!(p.addr, "[fd00::1]:5002");
+        let p: StaticPeer = "hub.example.net:5002".parse().unwrap();
+        assert_eq!((p.node, p.addr.as_str()), (None, "hub.example.net:5002"));
         for bad in [
-            "10.0.0.2:5002".to_string(),
+            "10.0.0.2".to_string(),
+            "@10.0.0.2:5002".to_string(),
             format!("{}@10.0.0.2:5002", &id[..10]),
             format!("{id}@10.0.0.2"),
             format!("{id}@:5002"),

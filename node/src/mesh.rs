@@ -4,12 +4,15 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_mesh::core::{Config, PeerSource};
 use ferry_mesh::driver::{self, MeshEvent, MeshHandle, Transport};
-use ferry_proto::types::Fingerprint;
+use ferry_proto::types::{Fingerprint, NodeId};
 use ferry_store::Store;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::config::StaticPeer;
 use crate::{NodeConfig, NodeError};
@@ -77,22 +80,71 @@ async fn bind(cfg: &NodeConfig, secret: [u8; 32]) -> Result<Arc<dyn Transport>, 
     })
 }
 
-/// Resolves `host:port` of static peers (names too) and hands them to the mesh. Unresolvable
-/// ones are logged and retried on the next `ferry reconnect`.
-pub(crate) async fn add_static_peers(mesh: &MeshHandle, peers: &[StaticPeer]) {
-    for p in peers {
-        let addr = p.addr.clone();
-        let resolved = tokio::task::spawn_blocking(move || {
-            addr.to_socket_addrs().map(|a| a.collect::<Vec<_>>())
-        })
-        .await;
-        match resolved {
-            Ok(Ok(addrs)) if !addrs.is_empty() => {
-                mesh.discovered(p.node, &addrs, PeerSource::Static);
+/// Resolves `host:port` (names too).
+async fn resolve(addr: &str) -> Vec<SocketAddr> {
+    let a = addr.to_string();
+    match tokio::task::spawn_blocking(move || a.to_socket_addrs().map(|i| i.collect::<Vec<_>>()))
+        .await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "cannot resolve static peer");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// How often static peers that could not be resolved or identified are tried again.
+const STATIC_RETRY: Duration = Duration::from_secs(30);
+
+/// Feeds static peers to the mesh: resolves their names, learns the node id of those given
+/// as plain `host:port`, and tries again later for those that did not answer. `kick`
+/// (`ferry reconnect`, the WAN coming up) resolves everything afresh at once.
+async fn static_peers(
+    mesh: MeshHandle,
+    secret: [u8; 32],
+    peers: Vec<StaticPeer>,
+    kick: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut learned: Vec<Option<NodeId>> = peers.iter().map(|p| p.node).collect();
+    loop {
+        let mut pending = false;
+        for (p, id) in peers.iter().zip(learned.iter_mut()) {
+            let addrs = resolve(&p.addr).await;
+            if addrs.is_empty() {
+                pending = true;
+                continue;
             }
-            Ok(Ok(_)) => tracing::warn!(peer = %p.addr, "static peer resolved to no address"),
-            Ok(Err(e)) => tracing::warn!(peer = %p.addr, error = %e, "cannot resolve static peer"),
-            Err(_) => {}
+            if id.is_none() {
+                for a in &addrs {
+                    match driver::quic_transport::identify(secret, *a).await {
+                        Ok(n) => {
+                            tracing::info!(peer = %p.addr, node = %n, "static peer identified");
+                            *id = Some(n);
+                            break;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "static peer did not answer"),
+                    }
+                }
+            }
+            match id {
+                Some(n) => mesh.discovered(*n, &addrs, PeerSource::Static),
+                None => pending = true,
+            }
+        }
+        let wait = async {
+            if pending {
+                tokio::time::sleep(STATIC_RETRY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = kick.notified() => {}
+            _ = stop.changed() => return,
         }
     }
 }
@@ -103,6 +155,8 @@ pub(crate) async fn start(
     store: Store,
     client_addr: SocketAddr,
     fingerprint: Fingerprint,
+    kick: Arc<Notify>,
+    stop: watch::Receiver<bool>,
 ) -> Result<Started, NodeError> {
     let secret = driver::load_or_create_key(&cfg.mesh_key_path()).map_err(mesh_err)?;
     let transport = bind(cfg, secret).await?;
@@ -121,7 +175,18 @@ pub(crate) async fn start(
         transport = TRANSPORT,
         "mesh links listening (ALPN ferry/mesh/1)"
     );
-    add_static_peers(&handle, &cfg.mesh.peers).await;
+    if !cfg.mesh.peers.is_empty() {
+        tokio::spawn(
+            static_peers(
+                handle.clone(),
+                secret,
+                cfg.mesh.peers.clone(),
+                Arc::clone(&kick),
+                stop,
+            )
+            .in_current_span(),
+        );
+    }
     #[cfg(feature = "mdns")]
     let discovery = if cfg.mesh.mdns {
         let port = handle.local_addrs().first().map(|a| a.port()).unwrap_or(0);

@@ -162,10 +162,18 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         source,
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let peers_kick = Arc::new(tokio::sync::Notify::new());
     let mesh = if cfg.mesh.enabled {
-        let started = crate::mesh::start(&cfg, store.clone(), local_addr, fingerprint)
-            .instrument(node_span.clone())
-            .await?;
+        let started = crate::mesh::start(
+            &cfg,
+            store.clone(),
+            local_addr,
+            fingerprint,
+            Arc::clone(&peers_kick),
+            stop_rx.clone(),
+        )
+        .instrument(node_span.clone())
+        .await?;
         Some(started)
     } else {
         None
@@ -178,6 +186,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         metrics,
         fingerprint,
         handle.clone(),
+        peers_kick,
     ));
     let mut discovery = None;
     if let Some(m) = mesh {

@@ -33,6 +33,8 @@ pub(crate) struct State {
     pub(crate) mesh: Option<ferry_mesh::driver::MeshHandle>,
     /// Woken when a broadcast is kept, so BroadcastFetch long polls look again.
     pub(crate) broadcast: Notify,
+    /// Makes the static-peer task resolve and identify its peers again at once.
+    pub(crate) peers_kick: Arc<Notify>,
     pub(crate) draining: AtomicBool,
     /// Woken when draining starts, so long polls return at once.
     pub(crate) drain: Notify,
@@ -65,6 +67,7 @@ impl State {
         metrics: Arc<Metrics>,
         cert_fingerprint: Fingerprint,
         mesh: Option<ferry_mesh::driver::MeshHandle>,
+        peers_kick: Arc<Notify>,
     ) -> Self {
         let limiter =
             (cfg.rate_limit > 0).then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, 16_384));
@@ -81,6 +84,7 @@ impl State {
             node_id: cert_fingerprint.short(),
             mesh,
             broadcast: Notify::new(),
+            peers_kick,
             cfg,
             draining: AtomicBool::new(false),
             drain: Notify::new(),

@@ -15,22 +15,24 @@ use ferry_proto::transcript::presence_transcript;
 use ferry_proto::types::{HybridKeyLookup, MessageId, NodeId};
 use ferry_proto::{Method, Status};
 
-async fn node_peering(peers: &[&TestNode]) -> TestNode {
+/// A node configured with static peers: by `<id>@addr`, or by address only (`with_id` false;
+/// the id is then learned from the handshake).
+async fn node_peering(peers: &[&TestNode], with_id: bool) -> TestNode {
     let peers: Vec<StaticPeer> = peers
         .iter()
         .map(|p| StaticPeer {
-            node: p.node.mesh_node_id.unwrap(),
+            node: with_id.then(|| p.node.mesh_node_id.unwrap()),
             addr: p.node.mesh_addrs[0].to_string(),
         })
         .collect();
     start_with(move |c| c.mesh.peers = peers).await
 }
 
-/// A line A - B - C.
+/// A line A - B - C; C knows B by address only.
 async fn line() -> (TestNode, TestNode, TestNode) {
-    let a = node_peering(&[]).await;
-    let b = node_peering(&[&a]).await;
-    let c = node_peering(&[&b]).await;
+    let a = node_peering(&[], true).await;
+    let b = node_peering(&[&a], true).await;
+    let c = node_peering(&[&b], false).await;
     (a, b, c)
 }
 
@@ -254,7 +256,7 @@ async fn broadcasts_reach_subscribers_two_hops_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_refuses_bad_claims_and_the_node_keeps_serving() {
-    let a = node_peering(&[]).await;
+    let a = node_peering(&[], true).await;
     let me = a.node.mesh_node_id.unwrap();
     let id = Identity::generate().unwrap();
     let c = a.client().await;

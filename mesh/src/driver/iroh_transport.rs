@@ -19,20 +19,30 @@ pub struct IrohTransport {
 }
 
 impl IrohTransport {
-    /// Binds on `addr` with the node's secret key.
+    /// Binds on `addr` with the node's secret key: an IPv4 address binds only IPv4, a specific
+    /// IPv6 address only IPv6, and `[::]:port` both families on the same port (discovery
+    /// announces one port for all addresses).
     pub async fn bind(secret: [u8; 32], addr: SocketAddr) -> Result<Self, TransportError> {
         let key = SecretKey::from_bytes(&secret);
         let me = NodeId::from_array(*key.public().as_bytes());
-        let endpoint = Endpoint::builder(presets::Minimal)
+        let bind_err = |e: &dyn std::fmt::Display| TransportError::Bind(format!("{addr}: {e}"));
+        let mut builder = Endpoint::builder(presets::Minimal)
             .secret_key(key)
             .alpns(vec![ALPN_MESH.to_vec()])
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
+            .clear_ip_transports();
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            builder = builder
+                .bind_addr(SocketAddr::from(([0, 0, 0, 0], addr.port())))
+                .map_err(|e| bind_err(&e))?;
+        }
+        let endpoint = builder
             .bind_addr(addr)
-            .map_err(|e| TransportError::Bind(e.to_string()))?
+            .map_err(|e| bind_err(&e))?
             .bind()
             .await
-            .map_err(|e| TransportError::Bind(e.to_string()))?;
+            .map_err(|e| bind_err(&e))?;
         Ok(Self { endpoint, me })
     }
 }

@@ -90,9 +90,10 @@ fn verify_sig(
     )
 }
 
-/// Accepts exactly the server key of the node being dialled.
+/// Accepts exactly the server key of the node being dialled (`Some`), or any node key, to
+/// learn who answers at an address (`None`, see [`identify`]).
 #[derive(Debug)]
-struct ExpectPeer(NodeId);
+struct ExpectPeer(Option<NodeId>);
 
 impl ServerCertVerifier for ExpectPeer {
     fn verify_server_cert(
@@ -103,7 +104,12 @@ impl ServerCertVerifier for ExpectPeer {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !intermediates.is_empty() || node_of_spki(end_entity) != Some(self.0) {
+        let found = node_of_spki(end_entity);
+        let ok = match self.0 {
+            Some(want) => found == Some(want),
+            None => found.is_some(),
+        };
+        if !intermediates.is_empty() || !ok {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ));
@@ -298,13 +304,8 @@ pub struct QuicTransport {
 impl QuicTransport {
     /// Binds on `addr` with the node's secret key.
     pub fn bind(secret: [u8; 32], addr: SocketAddr) -> Result<Self, TransportError> {
-        let signing = SigningKey::from_bytes(&secret);
-        let me = NodeId::from_array(signing.verifying_key().to_bytes());
-        let certified = CertifiedKey::new(
-            vec![CertificateDer::from(spki(me.as_bytes()))],
-            Arc::new(NodeKey(signing)),
-        );
-        let key = Arc::new(RawKey(Arc::new(certified)));
+        let me = NodeId::from_array(SigningKey::from_bytes(&secret).verifying_key().to_bytes());
+        let key = raw_key(&secret);
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -320,20 +321,63 @@ impl QuicTransport {
     }
 
     fn client_config(&self, peer: NodeId) -> Result<quinn::ClientConfig, TransportError> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_err)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ExpectPeer(peer)))
-            .with_client_cert_resolver(
-                Arc::clone(&self.key) as Arc<dyn rustls::client::ResolvesClientCert>
-            );
-        tls.alpn_protocols = vec![ALPN_MESH.to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_err)?;
-        let mut c = quinn::ClientConfig::new(Arc::new(quic));
-        c.transport_config(transport_config());
-        Ok(c)
+        client_config(&self.key, Some(peer))
     }
+}
+
+fn raw_key(secret: &[u8; 32]) -> Arc<RawKey> {
+    let signing = SigningKey::from_bytes(secret);
+    let public = signing.verifying_key().to_bytes();
+    let certified = CertifiedKey::new(
+        vec![CertificateDer::from(spki(&public))],
+        Arc::new(NodeKey(signing)),
+    );
+    Arc::new(RawKey(Arc::new(certified)))
+}
+
+fn client_config(
+    key: &Arc<RawKey>,
+    peer: Option<NodeId>,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectPeer(peer)))
+        .with_client_cert_resolver(Arc::clone(key) as Arc<dyn rustls::client::ResolvesClientCert>);
+    tls.alpn_protocols = vec![ALPN_MESH.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_err)?;
+    let mut c = quinn::ClientConfig::new(Arc::new(quic));
+    c.transport_config(transport_config());
+    Ok(c)
+}
+
+/// Learns the node id of whatever mesh node answers at `addr` (a static peer configured as
+/// plain `host:port`): a handshake that accepts any node key, then a polite close. Works
+/// against iroh nodes too. The answer is trusted on first use, like the operator's config.
+pub async fn identify(secret: [u8; 32], addr: SocketAddr) -> Result<NodeId, TransportError> {
+    let err = |reason: String| TransportError::Link(format!("identifying {addr}: {reason}"));
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| err(e.to_string()))?;
+    let cfg = client_config(&raw_key(&secret), None)?;
+    let connecting = endpoint
+        .connect_with(cfg, addr, "ferry")
+        .map_err(|e| err(e.to_string()))?;
+    let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => {
+            let peer = peer_of(&conn);
+            conn.close(0u32.into(), b"identified");
+            peer.ok_or_else(|| err("no node key".into()))
+        }
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Err(_) => Err(err("handshake timed out".into())),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
 }
 
 struct QuicLink {

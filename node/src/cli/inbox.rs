@@ -86,6 +86,7 @@ fn show(
     match message::open(id, &env.data, stamped.as_ref()) {
         Ok(m) => {
             if seen.contains(&m.message_id) {
+                tracing::warn!(id = %m.message_id, "duplicate delivery suppressed: already shown");
                 return Ok(());
             }
             // Recorded before it is shown: a crash after this never shows it twice.
