@@ -40,6 +40,9 @@ enum Command {
     /// Show the mesh route table of the node running here.
     #[cfg(unix)]
     Routes(cli::admin::AdminArgs),
+    /// Show which users the node running here can reach, and at which node.
+    #[cfg(unix)]
+    Presence(cli::admin::AdminArgs),
     /// Show what the node running here stores: mailboxes, custody, database.
     #[cfg(unix)]
     Store(cli::admin::AdminArgs),
@@ -67,6 +70,8 @@ fn main() -> ExitCode {
         Command::Peers(a) => cli::admin::peers(a),
         #[cfg(unix)]
         Command::Routes(a) => cli::admin::routes(a),
+        #[cfg(unix)]
+        Command::Presence(a) => cli::admin::presence(a),
         #[cfg(unix)]
         Command::Store(a) => cli::admin::store(a),
         #[cfg(unix)]

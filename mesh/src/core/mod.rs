@@ -397,18 +397,22 @@ impl Mesh {
 
     // ----- queries (for the node and the CLI) ------------------------------------------------
 
-    /// Whether a recipient's mail belongs in a local mailbox here: they are connected here,
-    /// or their newest presence names this node.
+    /// Whether a recipient's mail belongs in a local mailbox here: their newest presence names
+    /// this node, or nobody knows a home for them and they are connected here. The newest
+    /// claim is authoritative: a connection left behind when the user moved (a phone that
+    /// walked out of range keeps its QUIC connection until the idle timeout) holds no mail.
     pub fn is_local(&self, user: &IdentityKey) -> bool {
-        self.connected.contains_key(user) || self.presence.home(user) == Some(self.cfg.me)
+        match self.presence.home(user) {
+            Some(home) => home == self.cfg.me,
+            None => self.connected.contains_key(user),
+        }
     }
 
-    /// Whether mail for `user` must travel: their home is another node and they are not
-    /// connected here. A user nobody has heard of is not remote: their mail waits in a
-    /// mailbox here and follows them once they attach elsewhere.
+    /// Whether mail for `user` must travel: their newest presence names another node. A user
+    /// nobody has heard of is not remote: their mail waits in a mailbox here and follows them
+    /// once they attach somewhere.
     pub fn is_remote(&self, user: &IdentityKey) -> bool {
-        !self.connected.contains_key(user)
-            && self.presence.home(user).is_some_and(|h| h != self.cfg.me)
+        self.presence.home(user).is_some_and(|h| h != self.cfg.me)
     }
 
     /// Where a user's mail goes: their home node, if known.
@@ -944,10 +948,7 @@ impl Mesh {
                 let new_home = c.node;
                 // Mail kept here for the user (their home, or nobody knew where they were)
                 // follows them to their new home.
-                if prev.is_none_or(|p| p == self.cfg.me)
-                    && new_home != self.cfg.me
-                    && !self.connected.contains_key(&user)
-                {
+                if prev.is_none_or(|p| p == self.cfg.me) && new_home != self.cfg.me {
                     self.outputs.push_back(Output::EvictUser(user));
                 }
                 self.dirty.insert(user);

@@ -6,10 +6,15 @@ use std::time::Duration;
 
 use ferry_proto::limits::ALPN_MESH;
 use ferry_proto::types::NodeId;
-use iroh::endpoint::{Connection, PathId, RelayMode, presets};
+use iroh::endpoint::{
+    Connection, IdleTimeout, NetReportConfig, PathId, PortmapperConfig, QuicTransportConfig,
+    RelayMode, presets,
+};
 use iroh::{Endpoint, EndpointAddr, SecretKey, TransportAddr};
 
-use super::transport::{BoxFut, Incoming, Link, Reader, Transport, TransportError, Writer};
+use super::transport::{
+    BoxFut, IDLE_TIMEOUT, Incoming, KEEP_ALIVE, Link, Reader, Transport, TransportError, Writer,
+};
 
 /// An iroh endpoint speaking the mesh ALPN.
 #[derive(Debug, Clone)]
@@ -26,11 +31,23 @@ impl IrohTransport {
         let key = SecretKey::from_bytes(&secret);
         let me = NodeId::from_array(*key.public().as_bytes());
         let bind_err = |e: &dyn std::fmt::Display| TransportError::Bind(format!("{addr}: {e}"));
+        let idle = IdleTimeout::try_from(IDLE_TIMEOUT).map_err(|e| bind_err(&e))?;
+        let quic = QuicTransportConfig::builder()
+            .keep_alive_interval(KEEP_ALIVE)
+            .max_idle_timeout(Some(idle))
+            .default_path_keep_alive_interval(KEEP_ALIVE)
+            .default_path_max_idle_timeout(IDLE_TIMEOUT)
+            .build();
+        // Nothing here talks to anyone but the peers Ferry dials: no relays, no address
+        // lookup services, no port mapping, no net-report probes.
         let mut builder = Endpoint::builder(presets::Minimal)
             .secret_key(key)
             .alpns(vec![ALPN_MESH.to_vec()])
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
+            .portmapper_config(PortmapperConfig::Disabled)
+            .net_report_config(NetReportConfig::minimal())
+            .transport_config(quic)
             .clear_ip_transports();
         if addr.is_ipv6() && addr.ip().is_unspecified() {
             builder = builder

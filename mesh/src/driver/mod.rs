@@ -132,7 +132,14 @@ struct LinkSlot {
     link: Arc<dyn Link>,
     tx: mpsc::Sender<Vec<u8>>,
     dialer: NodeId,
+    since: Instant,
 }
+
+/// Two links to one peer set up within this window are a simultaneous dial (both ends keep
+/// the one dialled by the smaller node id); a link arriving later replaces the old one, whose
+/// far end is gone (the peer restarted, or its side timed out first). Short: a restarted
+/// peer redials within about a second, and its new link must not be taken for a duplicate.
+const DIAL_RACE_WINDOW: Duration = Duration::from_millis(500);
 
 struct Inner {
     core: Mutex<Mesh>,
@@ -470,12 +477,15 @@ impl MeshHandle {
             link.close("that is me");
             return;
         }
-        // Both sides keep the connection dialled by the smaller node id.
+        // A simultaneous dial: both sides keep the connection dialled by the smaller node id.
         let preferred = me.min(peer);
         let replaced = {
             let links = self.links();
             match links.get(&peer) {
-                Some(old) if old.dialer == preferred || dialer != preferred => {
+                Some(old)
+                    if old.since.elapsed() < DIAL_RACE_WINDOW
+                        && (old.dialer == preferred || dialer != preferred) =>
+                {
                     drop(links);
                     link.close("duplicate link");
                     return;
@@ -511,6 +521,7 @@ impl MeshHandle {
                     link: Arc::clone(&link),
                     tx,
                     dialer,
+                    since: Instant::now(),
                 },
             );
         }

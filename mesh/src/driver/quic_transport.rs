@@ -22,13 +22,12 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::transport::{BoxFut, Incoming, Link, Reader, Transport, TransportError, Writer};
+use super::transport::{
+    BoxFut, IDLE_TIMEOUT, Incoming, KEEP_ALIVE, Link, Reader, Transport, TransportError, Writer,
+};
 
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Keep-alives make a dead link noticed within the idle timeout.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The Ed25519 SPKI of `key`: this is the raw-public-key "certificate".
 fn spki(key: &[u8; 32]) -> Vec<u8> {

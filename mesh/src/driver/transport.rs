@@ -9,6 +9,12 @@ use std::time::Duration;
 use ferry_proto::types::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// Keep-alive on mesh links: with [`IDLE_TIMEOUT`], a link whose far end vanished (power cut,
+/// radio out of range, restarted node) is noticed within ten seconds and routed around.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A mesh link with nothing heard for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A boxed, sendable future.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A stream to write frames to.

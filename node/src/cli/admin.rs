@@ -1,4 +1,4 @@
-//! `ferry peers`, `ferry routes`, `ferry store`, `ferry reconnect`: views of the node running
+//! `ferry peers`, `ferry routes`, `ferry presence`, `ferry store`, `ferry reconnect`: views of the node running
 //! on this machine, through its admin socket.
 
 use std::path::PathBuf;
@@ -124,6 +124,26 @@ pub(crate) fn routes(args: AdminArgs) -> anyhow::Result<()> {
         ));
     }
     out(&format!("{} routes", rows.len()));
+    Ok(())
+}
+
+pub(crate) fn presence(args: AdminArgs) -> anyhow::Result<()> {
+    let v = call(&args, "presence")?;
+    if args.json {
+        out(&v.to_string());
+        return Ok(());
+    }
+    let rows = list(&v);
+    out(&format!("{:<52}  {:<12}  attached", "user", "node"));
+    for p in rows {
+        out(&format!(
+            "{:<52}  {:<12}  {}",
+            p["user"].as_str().unwrap_or("-"),
+            short(&p["node_id"]),
+            p["timestamp_ms"].as_u64().map(rfc3339).unwrap_or_default(),
+        ));
+    }
+    out(&format!("{} users", rows.len()));
     Ok(())
 }
 
