@@ -297,6 +297,65 @@ async fn a_peer_known_only_by_address_is_identified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_garbage_is_dropped_and_kept_away_while_others_carry_on() {
+    use tokio::io::AsyncWriteExt;
+    let a = node(Kind::Iroh, 51).await;
+    let b = node(Kind::Quic, 52).await;
+    link(&b, &a);
+    until("a and b linked", Duration::from_secs(20), || {
+        a.mesh.peers().iter().any(|p| p.linked)
+    })
+    .await;
+    let evil = QuicTransport::bind(key(53), "127.0.0.1:0".parse().unwrap()).unwrap();
+    // A frame that is not a link message.
+    let l = evil.connect(a.mesh.node_id(), vec![a.addr]).await.unwrap();
+    let mut w = l.open_uni().await.unwrap();
+    w.write_all(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    w.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), l.closed())
+        .await
+        .expect("the node closes the link");
+    assert_eq!(a.mesh.stats().malformed, 1);
+    // Coming back right away: the handshake completes, the node closes it again.
+    let l = evil.connect(a.mesh.node_id(), vec![a.addr]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), l.closed())
+        .await
+        .expect("a penalised peer is not taken back");
+    // A declared frame length over the limit: dropped before anything is read.
+    let evil2 = QuicTransport::bind(key(54), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = evil2.connect(a.mesh.node_id(), vec![a.addr]).await.unwrap();
+    let mut w = l.open_uni().await.unwrap();
+    w.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    w.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), l.closed())
+        .await
+        .expect("the node closes the link");
+    assert_eq!(a.mesh.stats().malformed, 2);
+    // The good link is untouched and carries mail.
+    let dan = User::new(80);
+    b.mesh
+        .attach(dan.claim(b.mesh.node_id(), now_ms()))
+        .await
+        .unwrap();
+    until("dan's presence at a", Duration::from_secs(20), || {
+        a.mesh.is_remote(&dan.id())
+    })
+    .await;
+    a.mesh.enqueue_remote(record(&dan, 1)).await.unwrap();
+    until(
+        "delivered over the good link",
+        Duration::from_secs(20),
+        || inbox(&b, &dan) == vec![1],
+    )
+    .await;
+    for n in [&a, &b] {
+        n.mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custody_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.redb");

@@ -308,6 +308,8 @@ pub struct Mesh {
     custody: Custody,
     /// Bundles received and being stored: digest -> sender.
     storing: Map<BundleDigest, NodeId>,
+    /// Bundles being stored, per neighbour (they count against its quota).
+    storing_from: Map<NodeId, usize>,
     peers: PeerTable,
     broadcasts: broadcast::Broadcasts,
     /// Users with an authenticated connection here (count of connections).
@@ -345,6 +347,7 @@ impl Mesh {
             links: keyed.map(),
             custody: Custody::new(keyed),
             storing: keyed.map(),
+            storing_from: keyed.map(),
             connected: keyed.map(),
             dirty: keyed.set(),
             reroute_all: false,
@@ -776,7 +779,14 @@ impl Mesh {
 
     /// The driver stored (or refused) a bundle received from `from`.
     pub fn handle_stored(&mut self, from: NodeId, meta: BundleMeta, outcome: Stored) {
-        self.storing.remove(&meta.digest);
+        if let Some(peer) = self.storing.remove(&meta.digest)
+            && let Some(n) = self.storing_from.get_mut(&peer)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.storing_from.remove(&peer);
+            }
+        }
         let ack = match outcome {
             Stored::Custody => {
                 if self.custody.insert(meta) {
@@ -1045,11 +1055,14 @@ impl Mesh {
         let local = self.is_local(&b.recipient);
         if !local
             && (self.custody.len() + self.storing.len() >= self.cfg.max_custody
-                || self.custody.count_from(&from) >= self.cfg.max_custody_per_peer)
+                || self.custody.count_from(&from)
+                    + self.storing_from.get(&from).copied().unwrap_or(0)
+                    >= self.cfg.max_custody_per_peer)
         {
             return refuse(self, Stored::Refused);
         }
         self.storing.insert(d, from);
+        *self.storing_from.entry(from).or_insert(0) += 1;
         let mut b = b;
         b.hop_count = b.hop_count.saturating_add(1);
         self.outputs.push_back(Output::StoreBundle {
