@@ -124,6 +124,48 @@ async fn users_two_hops_apart_message_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_to_users_here_and_elsewhere_reaches_all_of_them() {
+    let (a, _b, c) = line().await;
+    let alice = Identity::generate().unwrap();
+    let bob = Identity::generate().unwrap();
+    let carol = Identity::generate().unwrap();
+    let bob_c = login(&c, &bob).await;
+    let carol_a = login(&a, &carol).await;
+    let alice_a = login(&a, &alice).await;
+    until("bob's presence at A", Duration::from_secs(20), || async {
+        alice_a
+            .fetch_hybrid_key(&HybridKeyLookup::Identity(bob.public_key()))
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let req = pb::BatchEnqueueRequest {
+        recipient_keys: vec![
+            bob.public_key().as_bytes().to_vec(),
+            carol.public_key().as_bytes().to_vec(),
+        ],
+        payload: b"opaque to the nodes".to_vec(),
+        channel_id: vec![],
+        ttl_secs: 0,
+        message_id: vec![7; 16],
+        sealed_sender: false,
+    };
+    let r: pb::BatchEnqueueResponse = alice_a.call(Method::BatchEnqueue, &req).await.unwrap();
+    assert_eq!(r.seqs[0], 0, "bob's goes through the mesh");
+    assert!(r.seqs[1] > 0, "carol's lands in her mailbox here");
+    assert_eq!(r.duplicates, vec![false, false]);
+    for (client, who) in [(&bob_c, &bob), (&carol_a, &carol)] {
+        let got = client
+            .fetch_wait(&mailbox(who), 10, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data, b"opaque to the nodes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_waits_for_a_user_and_follows_them_when_they_move() {
     let (a, b, c) = line().await;
     let alice = Identity::generate().unwrap();
