@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" node --data-dir "$DATA" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --rate-limit 0 --log info 2>"$LOG" &
+"$BIN" node --data-dir "$DATA" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --rate-limit 0 --mesh-listen 127.0.0.1:0 --no-mdns --log info 2>"$LOG" &
 PID=$!
 for _ in $(seq 1 100); do
   grep -q "accepting QUIC connections" "$LOG" 2>/dev/null && break

@@ -144,7 +144,7 @@ pub fn start(
     }
     let mut rx = daemon.browse(FERRY_SERVICE)?;
     let browser = daemon.clone();
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         // mdns-sd queries at start and then at doubling intervals. Both miss peers whose
         // responder was not up yet (every node of a mesh boots at once after a power cut),
         // and an interface that comes up later keeps the address it had, so mdns-sd does not
@@ -214,7 +214,7 @@ pub fn start(
                 }
             }
         }
-    });
+    }));
     Ok(Mdns { daemon })
 }
 

@@ -153,6 +153,8 @@ struct Inner {
     stop: watch::Sender<bool>,
     hop_limit: u8,
     mdns_garbage: AtomicU64,
+    /// The caller's span at start (the node's, with its id): every task logs inside it.
+    span: tracing::Span,
 }
 
 /// A running mesh. Cheap to clone.
@@ -235,11 +237,20 @@ impl MeshHandle {
             stop,
             hop_limit,
             mdns_garbage: AtomicU64::new(0),
+            span: tracing::Span::current(),
         });
         let h = MeshHandle { inner };
-        tokio::spawn(run(h.clone(), h.inner.stop.subscribe()));
-        tokio::spawn(accept_loop(h.clone(), h.inner.stop.subscribe()));
+        h.spawn(run(h.clone(), h.inner.stop.subscribe()));
+        h.spawn(accept_loop(h.clone(), h.inner.stop.subscribe()));
         Ok((h, rx))
+    }
+
+    /// Spawns a task inside the mesh's span.
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        tokio::spawn(tracing::Instrument::instrument(
+            fut,
+            self.inner.span.clone(),
+        ));
     }
 
     fn now(&self) -> u64 {
@@ -531,8 +542,8 @@ impl MeshHandle {
             return;
         }
         tracing::info!(peer = %peer.short(), ?addr, dialled = (dialer == me), "mesh link up");
-        tokio::spawn(write_loop(self.clone(), peer, id, writer, rx));
-        tokio::spawn(read_loop(self.clone(), peer, id, link));
+        self.spawn(write_loop(self.clone(), peer, id, writer, rx));
+        self.spawn(read_loop(self.clone(), peer, id, link));
     }
 
     fn dispatch(&self, out: Output) {
@@ -541,7 +552,7 @@ impl MeshHandle {
             Output::Send { to, msg } => self.send_frame(&to, wire::encode(msg)),
             Output::SendBundle { to, digest } => {
                 let h = self.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let rec = match h.inner.store.custody_get(&digest) {
                         Ok(Some(r)) => r,
                         Ok(None) => return,
@@ -576,7 +587,7 @@ impl MeshHandle {
                 deliver_local,
             } => {
                 let h = self.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let now_wall = wall_ms();
                     let mailbox = MailboxAddr {
                         recipient: bundle.recipient,
@@ -621,7 +632,7 @@ impl MeshHandle {
             }
             Output::DeleteBundles(ds) => {
                 let p = store.custody_delete(ds);
-                tokio::spawn(async move {
+                self.spawn(async move {
                     if let Err(e) = p.await {
                         tracing::warn!(error = %e, "deleting forwarded bundles failed");
                     }
@@ -630,7 +641,7 @@ impl MeshHandle {
             Output::DeliverLocal(ds) => {
                 let h = self.clone();
                 let p = store.custody_deliver(ds.clone(), wall_ms());
-                tokio::spawn(async move {
+                self.spawn(async move {
                     match p.await {
                         Ok(rep) => {
                             let done: Vec<BundleDigest> =
@@ -663,7 +674,7 @@ impl MeshHandle {
                 }
                 let h = self.clone();
                 let p = store.evict(user, wall_ms(), self.inner.hop_limit);
-                tokio::spawn(async move {
+                self.spawn(async move {
                     match p.await {
                         Ok(entries) => {
                             let now_wall = wall_ms();
@@ -685,7 +696,7 @@ impl MeshHandle {
             Output::StorePresence(c) => {
                 let p =
                     store.put_presence(c.user, c.timestamp_ms, encode_claim(&c), c.hybrid.clone());
-                tokio::spawn(async move {
+                self.spawn(async move {
                     if let Err(e) = p.await {
                         tracing::warn!(error = %e, "storing a presence claim failed");
                     }
@@ -693,13 +704,13 @@ impl MeshHandle {
             }
             Output::PersistSeqno(s) => {
                 let p = store.put_meta("mesh_seqno", u64::from(s));
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let _ = p.await;
                 });
             }
             Output::Connect { peer, addrs } => {
                 let h = self.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let me = h.node_id();
                     match tokio::time::timeout(DIAL_TIMEOUT, h.inner.transport.connect(peer, addrs))
                         .await
@@ -762,12 +773,12 @@ async fn accept_loop(h: MeshHandle, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         };
         let Some(handshake) = next else { return };
-        let h = h.clone();
-        tokio::spawn(async move {
+        let h2 = h.clone();
+        h.spawn(async move {
             match handshake.await {
                 Ok(link) => {
                     let dialer = link.peer();
-                    h.register(link, dialer).await;
+                    h2.register(link, dialer).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "incoming mesh connection failed"),
             }
