@@ -48,6 +48,34 @@ pub struct MeshSection {
     pub max_peers: Option<usize>,
 }
 
+/// The `[federation]` table of the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSection {
+    /// Hubs an edge dials, `host:port` (UDP).
+    pub hubs: Option<Vec<String>>,
+}
+
+/// What a node is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// A router in a mesh (the default).
+    #[default]
+    Edge,
+    /// A server that edges of many meshes connect to.
+    Hub,
+}
+
+impl Role {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Hub => "hub",
+        }
+    }
+}
+
 /// The config file, every key optional.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +106,12 @@ pub struct FileConfig {
     pub store: Option<StoreSection>,
     /// The mesh.
     pub mesh: Option<MeshSection>,
+    /// Admin socket path (default `ferry.sock` in the data directory).
+    pub admin_socket: Option<PathBuf>,
+    /// `"edge"` (default) or `"hub"`.
+    pub role: Option<String>,
+    /// Federation with hubs.
+    pub federation: Option<FederationSection>,
 }
 
 impl FileConfig {
@@ -102,6 +136,15 @@ pub struct StaticPeer {
     pub node: Option<NodeId>,
     /// `host:port`, resolved when dialled.
     pub addr: String,
+}
+
+impl std::fmt::Display for StaticPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.node {
+            Some(n) => write!(f, "{n}@{}", self.addr),
+            None => f.write_str(&self.addr),
+        }
+    }
 }
 
 impl std::str::FromStr for StaticPeer {
@@ -206,6 +249,10 @@ pub struct NodeConfig {
     /// Admin socket (`ferry peers`, `ferry routes`, `ferry store`, `ferry reconnect`); by
     /// default `ferry.sock` in the data directory.
     pub admin_socket: Option<PathBuf>,
+    /// What this node is for.
+    pub role: Role,
+    /// Hubs to dial, `host:port`.
+    pub hubs: Vec<String>,
     /// Log filter (used by the binary).
     pub log: String,
     /// Tokio worker threads (used by the binary).
@@ -236,6 +283,8 @@ impl Default for NodeConfig {
             store: StoreConfig::default(),
             mesh: MeshConfig::default(),
             admin_socket: None,
+            role: Role::Edge,
+            hubs: Vec::new(),
             log: "info".into(),
             worker_threads: std::thread::available_parallelism()
                 .map(|n| n.get().min(4))
@@ -283,6 +332,39 @@ impl NodeConfig {
         }
         if let Some(v) = f.max_ttl_secs {
             self.max_ttl_secs = v;
+        }
+        if let Some(v) = &f.admin_socket {
+            self.admin_socket = Some(v.clone());
+        }
+        if let Some(v) = &f.role {
+            self.role = match v.as_str() {
+                "edge" => Role::Edge,
+                // Federation is not in this version yet: a node told to be a hub must not
+                // start as something else and leave the operator guessing.
+                "hub" => {
+                    return Err(format!(
+                        "role = \"hub\": this version of ferry ({}) cannot run as a hub yet \
+                         (federation is not built); use role = \"edge\"",
+                        env!("CARGO_PKG_VERSION")
+                    ));
+                }
+                other => return Err(format!("role = {other:?}: expected \"edge\" or \"hub\"")),
+            };
+        }
+        if let Some(fed) = &f.federation
+            && let Some(hubs) = &fed.hubs
+        {
+            self.hubs = hubs
+                .iter()
+                .map(|h| match h.rsplit_once(':') {
+                    Some((host, port))
+                        if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+                    {
+                        Ok(h.clone())
+                    }
+                    _ => Err(format!("federation.hubs: {h:?} is not host:port")),
+                })
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = f.worker_threads {
             self.worker_threads = v.max(1);

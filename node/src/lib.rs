@@ -34,11 +34,13 @@ mod rpc;
 mod server;
 mod state;
 
-pub use config::{FileConfig, MeshConfig, NodeConfig, StaticPeer};
+pub use config::{FileConfig, MeshConfig, NodeConfig, Role, StaticPeer};
 pub use error::NodeError;
 pub use server::{RunningNode, start};
 
 /// Current unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
-    ferry_client::now_ms()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -1,6 +1,5 @@
 //! `ferry`: run a node, or talk to one.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,10 +26,13 @@ enum Command {
     Node(cli::node::NodeArgs),
     /// Create or show your identity.
     #[command(subcommand)]
+    #[cfg(feature = "client")]
     Id(cli::id::IdCommand),
     /// Send an end-to-end encrypted message.
+    #[cfg(feature = "client")]
     Send(cli::send::SendArgs),
     /// Print (and acknowledge) the messages waiting for you.
+    #[cfg(feature = "client")]
     Inbox(cli::inbox::InboxArgs),
     /// Show a node's health.
     Status(cli::status::StatusArgs),
@@ -50,8 +52,10 @@ enum Command {
     #[cfg(unix)]
     Reconnect(cli::admin::AdminArgs),
     /// Post to a broadcast topic (named and keyed by a passphrase).
+    #[cfg(feature = "client")]
     Broadcast(cli::broadcast::BroadcastArgs),
     /// Print a broadcast topic's posts.
+    #[cfg(feature = "client")]
     Subscribe(cli::broadcast::SubscribeArgs),
     /// Load-test a node (throughput, latency, memory).
     #[cfg(feature = "bench")]
@@ -62,8 +66,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Node(n) => cli::node::run(n, args.log),
+        #[cfg(feature = "client")]
         Command::Id(c) => cli::id::run(c),
+        #[cfg(feature = "client")]
         Command::Send(s) => cli::with_runtime(args.log, cli::send::run(s)),
+        #[cfg(feature = "client")]
         Command::Inbox(i) => cli::with_runtime(args.log, cli::inbox::run(i)),
         Command::Status(s) => cli::with_runtime(args.log, cli::status::run(s)),
         #[cfg(unix)]
@@ -76,7 +83,9 @@ fn main() -> ExitCode {
         Command::Store(a) => cli::admin::store(a),
         #[cfg(unix)]
         Command::Reconnect(a) => cli::admin::reconnect(a),
+        #[cfg(feature = "client")]
         Command::Broadcast(b) => cli::with_runtime(args.log, cli::broadcast::publish(b)),
+        #[cfg(feature = "client")]
         Command::Subscribe(s) => cli::with_runtime(args.log, cli::broadcast::subscribe(s)),
         #[cfg(feature = "bench")]
         Command::Bench(b) => cli::with_runtime(args.log, cli::bench::run(b)),
@@ -90,7 +99,8 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "client")]
 /// The identity file to use: the flag, or the default under the XDG config directory.
-fn identity_path(flag: Option<PathBuf>) -> PathBuf {
+fn identity_path(flag: Option<std::path::PathBuf>) -> std::path::PathBuf {
     flag.unwrap_or_else(ferry_client::Identity::default_path)
 }

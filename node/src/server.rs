@@ -231,6 +231,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         if let Some(m) = metrics_addr {
             tracing::info!(addr = %m, "serving /metrics and /healthz");
         }
+        if !state.cfg.hubs.is_empty() {
+            tracing::warn!(
+                hubs = ?state.cfg.hubs,
+                "federation.hubs is set, but this version does not federate yet: hubs are not dialled"
+            );
+        }
     }
     tokio::spawn(sweeper(Arc::clone(&state), stop_rx.clone()).instrument(node_span.clone()));
     let task = tokio::spawn(

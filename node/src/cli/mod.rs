@@ -3,17 +3,23 @@
 use std::future::Future;
 
 use anyhow::Context;
-use ferry_client::{Client, ConnectOptions, Identity, Trust};
+#[cfg(feature = "client")]
+use ferry_client::Identity;
+use ferry_client::{Client, ConnectOptions, Trust};
 use ferry_proto::types::Fingerprint;
 
 #[cfg(unix)]
 pub(crate) mod admin;
 #[cfg(feature = "bench")]
 pub(crate) mod bench;
+#[cfg(feature = "client")]
 pub(crate) mod broadcast;
+#[cfg(feature = "client")]
 pub(crate) mod id;
+#[cfg(feature = "client")]
 pub(crate) mod inbox;
 pub(crate) mod node;
+#[cfg(feature = "client")]
 pub(crate) mod send;
 pub(crate) mod status;
 
@@ -84,6 +90,7 @@ impl NodeFlags {
     }
 }
 
+#[cfg(feature = "client")]
 /// Connects, authenticates as `id` and attaches: the node becomes `id`'s home in the mesh
 /// and publishes its hybrid key (so others can write to it).
 pub(crate) async fn login(flags: &NodeFlags, id: &Identity) -> anyhow::Result<Client> {
@@ -99,6 +106,7 @@ pub(crate) async fn login(flags: &NodeFlags, id: &Identity) -> anyhow::Result<Cl
     Ok(client)
 }
 
+#[cfg(feature = "client")]
 /// Loads the identity, with a hint when it does not exist yet.
 pub(crate) fn load_identity(path: &std::path::Path) -> anyhow::Result<Identity> {
     if !path.exists() {

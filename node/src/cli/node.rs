@@ -37,6 +37,9 @@ pub(crate) struct NodeArgs {
     /// Admin socket [default: <data dir>/ferry.sock].
     #[arg(long, env = "FERRY_ADMIN_SOCKET")]
     admin_socket: Option<PathBuf>,
+    /// Check the configuration, print it resolved (JSON) and exit without starting.
+    #[arg(long)]
+    check_config: bool,
 }
 
 pub(crate) fn config(args: &NodeArgs, log: Option<String>) -> anyhow::Result<NodeConfig> {
@@ -85,6 +88,10 @@ pub(crate) fn config(args: &NodeArgs, log: Option<String>) -> anyhow::Result<Nod
 
 pub(crate) fn run(args: NodeArgs, log: Option<String>) -> anyhow::Result<()> {
     let cfg = config(&args, log)?;
+    if args.check_config {
+        super::out(&serde_json::to_string_pretty(&resolved(&cfg))?);
+        return Ok(());
+    }
     super::init_logging(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
@@ -116,4 +123,37 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
+}
+
+/// The configuration as the node would run with it, for `--check-config`.
+fn resolved(cfg: &NodeConfig) -> serde_json::Value {
+    serde_json::json!({
+        "data_dir": cfg.data_dir,
+        "listen": cfg.listen,
+        "admin_socket": cfg.admin_socket_path(),
+        "role": cfg.role.as_str(),
+        "hubs": cfg.hubs,
+        "metrics": cfg.metrics,
+        "rate_limit": cfg.rate_limit,
+        "log": cfg.log,
+        "max_connections": cfg.max_connections,
+        "default_ttl_secs": cfg.default_ttl_secs,
+        "max_ttl_secs": cfg.max_ttl_secs,
+        "worker_threads": cfg.worker_threads,
+        "store": {
+            "max_total_bytes": cfg.store.max_total_bytes,
+            "max_recipient_messages": cfg.store.max_recipient_messages,
+            "max_recipient_bytes": cfg.store.max_recipient_bytes,
+            "cache_bytes": cfg.store.cache_bytes,
+        },
+        "mesh": {
+            "enabled": cfg.mesh.enabled,
+            "listen": cfg.mesh.listen,
+            "mdns": cfg.mesh.mdns,
+            "peers": cfg.mesh.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "hop_limit": cfg.mesh.hop_limit,
+            "max_custody": cfg.mesh.max_custody,
+            "max_peers": cfg.mesh.max_peers,
+        },
+    })
 }

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Static release builds of `ferry` for routers, their packages, a size report with the
+# budget, and a short real run of each binary under qemu-user. No Docker needed.
+#
+#   scripts/cross-build.sh                  # aarch64, armv7 and x86_64 + the aarch64 lite build
+#   TARGETS="aarch64" LITE_TARGETS="" scripts/cross-build.sh
+#   CHECK_TARGETS="armv7 x86_64" ...         # `cargo check` these instead of building them
+#   NO_QEMU=1 ...                            # skip the qemu runs
+#
+# Every build rebuilds std with the router profile (-Zbuild-std on stable through
+# RUSTC_BOOTSTRAP=1): no unwind tables, panics abort at once, std optimised for size. Links
+# with cargo-zigbuild (zig from PyPI). Output in target/dist/: binaries, .ipk packages,
+# size-report.txt. Fails if the aarch64 router package or binary is over budget.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TARGETS=${TARGETS:-"aarch64 armv7 x86_64"}
+LITE_TARGETS=${LITE_TARGETS-"aarch64"}
+CHECK_TARGETS=${CHECK_TARGETS:-}
+DIST=$ROOT/target/dist
+CROSS_DIR=$ROOT/target/cross
+# Budget for the aarch64 router build (bytes; 1 MB = 1,000,000 bytes).
+BUDGET_PACKAGE=${BUDGET_PACKAGE:-3000000}
+BUDGET_BINARY=${BUDGET_BINARY:-5500000}
+TARGET_LITE_BINARY=3000000
+ZIGBUILD_VERSION=0.24.1
+
+triple() {
+    case "$1" in
+    aarch64) echo aarch64-unknown-linux-musl ;;
+    armv7) echo armv7-unknown-linux-musleabihf ;;
+    x86_64) echo x86_64-unknown-linux-musl ;;
+    *) echo "cross-build: unknown target $1 (aarch64, armv7, x86_64)" >&2; exit 2 ;;
+    esac
+}
+# OpenWrt package architectures each binary serves.
+openwrt_arches() {
+    case "$1" in
+    aarch64) echo "aarch64_cortex-a53 aarch64_generic" ;;
+    armv7) echo "arm_cortex-a7_neon-vfpv4" ;;
+    x86_64) echo "x86_64" ;;
+    esac
+}
+qemu_for() {
+    case "$1" in
+    aarch64) echo qemu-aarch64-static ;;
+    armv7) echo qemu-arm-static ;;
+    x86_64) echo qemu-x86_64-static ;;
+    esac
+}
+
+# --- what this needs, installed if missing -------------------------------------------------
+apt_missing=()
+command -v qemu-aarch64-static >/dev/null || apt_missing+=(qemu-user-static)
+command -v jq >/dev/null || apt_missing+=(jq)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+    echo "cross-build: installing ${apt_missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+if ! python3 -m ziglang version >/dev/null 2>&1; then
+    echo "cross-build: installing zig (PyPI ziglang)"
+    python3 -m pip install --quiet ziglang
+fi
+if ! cargo zigbuild --version 2>/dev/null | grep -q "$ZIGBUILD_VERSION"; then
+    echo "cross-build: installing cargo-zigbuild $ZIGBUILD_VERSION"
+    cargo install --quiet --locked cargo-zigbuild --version "$ZIGBUILD_VERSION"
+fi
+
+# --- builds -------------------------------------------------------------------------------
+# rustflags <target>: the router flags (see docs/size.md); armv7 links against zig's musl
+# crt objects, not the self-contained ones rustc would look for.
+rustflags() {
+    local f="-Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tables=no -Zlocation-detail=none"
+    [ "$1" = armv7 ] && f="$f -Clink-self-contained=no"
+    echo "$f"
+}
+
+# cargo_cross <subcommand> <target> <features> [args]
+cargo_cross() {
+    local sub=$1 t=$2 features=$3
+    shift 3
+    RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(rustflags "$t")" CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
+        cargo "$sub" --release --locked -p ferry-node --bin ferry \
+        --no-default-features --features "$features" --target "$(triple "$t")" \
+        -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
+        --target-dir "$CROSS_DIR" "$@"
+}
+
+mkdir -p "$DIST"
+rm -f "$DIST"/*.ipk "$DIST"/size-report.txt
+declare -a BUILT=()   # entries "variant target"
+
+build() { # build <variant full|lite> <target>
+    local variant=$1 t=$2 features=router name=ferry
+    if [ "$variant" = full ]; then
+        features=router,iroh,mdns
+    else
+        name=ferry-lite
+    fi
+    echo "cross-build: $name for $(triple "$t") (features $features)"
+    local start=$SECONDS
+    cargo_cross zigbuild "$t" "$features"
+    cp "$CROSS_DIR/$(triple "$t")/release/ferry" "$DIST/$name-$(triple "$t")"
+    echo "cross-build: $name for $t built in $((SECONDS - start)) s"
+    for arch in $(openwrt_arches "$t"); do
+        packaging/build-ipk.sh --binary "$DIST/$name-$(triple "$t")" --arch "$arch" \
+            --name "$name" --out "$DIST" >/dev/null
+    done
+    BUILT+=("$variant $t")
+}
+
+for t in $TARGETS; do build full "$t"; done
+for t in $LITE_TARGETS; do build lite "$t"; done
+for t in $CHECK_TARGETS; do
+    echo "cross-build: cargo check for $(triple "$t")"
+    cargo_cross check "$t" router,iroh,mdns
+done
+
+# --- qemu: --version and a short real run ---------------------------------------------------
+HOST_FERRY=${FERRY_HOST_BIN:-}
+qemu_run() { # qemu_run <variant> <target>
+    local variant=$1 t=$2 name=ferry
+    [ "$variant" = lite ] && name=ferry-lite
+    local bin q
+    bin="$DIST/$name-$(triple "$t")"
+    q=$(qemu_for "$t")
+    local w
+    w=$(mktemp -d /tmp/ferry-qemu.XXXXXX)
+    local port=$((20000 + RANDOM % 20000))
+    echo "qemu: $name $t: $("$q" "$bin" --version)"
+    # The node under emulation; the client is the host's ferry.
+    "$q" "$bin" node --data-dir "$w/data" --listen "127.0.0.1:$port" \
+        --mesh-listen 127.0.0.1:0 --no-mdns --admin-socket "$w/admin.sock" \
+        2>"$w/node.log" &
+    local pid=$!
+    export FERRY_KNOWN_NODES="$w/known_nodes" FERRY_NODE="127.0.0.1:$port"
+    local ok=0
+    for _ in $(seq 1 100); do
+        if "$HOST_FERRY" status >/dev/null 2>&1; then ok=1; break; fi
+        sleep 0.2
+    done
+    if [ $ok != 1 ]; then
+        echo "qemu: $name $t: node did not come up" >&2
+        cat "$w/node.log" >&2
+        kill -9 "$pid" 2>/dev/null || true
+        return 1
+    fi
+    "$HOST_FERRY" id new --out "$w/alice.json" >/dev/null
+    "$HOST_FERRY" id new --out "$w/bob.json" >/dev/null
+    local alice
+    alice=$("$HOST_FERRY" id show --id "$w/alice.json" --json | jq -r .public_key)
+    "$HOST_FERRY" inbox --id "$w/alice.json" >/dev/null # publishes alice's key
+    local text="hello from the host to a $t node under qemu"
+    "$HOST_FERRY" send --id "$w/bob.json" --to "$alice" "$text" >/dev/null
+    local got
+    got=$("$HOST_FERRY" inbox --id "$w/alice.json" --json | jq -r .text)
+    local store
+    store=$("$q" "$bin" store --admin-socket "$w/admin.sock" --json | jq -c .)
+    kill -TERM "$pid"
+    local rc=0
+    wait "$pid" || rc=$?
+    unset FERRY_KNOWN_NODES FERRY_NODE
+    if [ "$got" != "$text" ] || [ $rc != 0 ]; then
+        echo "qemu: $name $t: FAILED (received '$got', node exit $rc)" >&2
+        cat "$w/node.log" >&2
+        return 1
+    fi
+    echo "qemu: $name $t: a message enqueued and fetched through the emulated node; admin store: $store; SIGTERM exit 0"
+    rm -rf "$w"
+}
+if [ "${NO_QEMU:-}" != 1 ] && [ ${#BUILT[@]} -gt 0 ]; then
+    if [ -z "$HOST_FERRY" ]; then
+        cargo build --release --locked --bin ferry
+        HOST_FERRY=$ROOT/target/release/ferry
+    fi
+    for b in "${BUILT[@]}"; do
+        # shellcheck disable=SC2086
+        qemu_run $b
+    done
+fi
+
+# --- size report ------------------------------------------------------------------------------
+status=0
+{
+    echo "Ferry router builds, $(git describe --always --dirty 2>/dev/null || echo unknown), $(date -u +%Y-%m-%d)"
+    printf '%-12s %-34s %12s %14s %24s\n' variant target "binary (B)" "package (B)" "package arch"
+    for b in "${BUILT[@]}"; do
+        read -r variant t <<<"$b"
+        name=ferry
+        [ "$variant" = lite ] && name=ferry-lite
+        bin_size=$(stat -c %s "$DIST/$name-$(triple "$t")")
+        for arch in $(openwrt_arches "$t"); do
+            pkg=$(ls "$DIST/${name}_"*"_$arch.ipk")
+            printf '%-12s %-34s %12s %14s %24s\n' "$name" "$(triple "$t")" "$bin_size" "$(stat -c %s "$pkg")" "$arch"
+        done
+    done
+} | tee "$DIST/size-report.txt"
+for b in "${BUILT[@]}"; do
+    read -r variant t <<<"$b"
+    if [ "$variant $t" = "full aarch64" ]; then
+        bin_size=$(stat -c %s "$DIST/ferry-$(triple aarch64)")
+        pkg_size=$(stat -c %s "$(ls "$DIST"/ferry_*_aarch64_cortex-a53.ipk)")
+        if [ "$bin_size" -gt "$BUDGET_BINARY" ] || [ "$pkg_size" -gt "$BUDGET_PACKAGE" ]; then
+            echo "BUDGET EXCEEDED: aarch64 router binary $bin_size B (budget $BUDGET_BINARY), package $pkg_size B (budget $BUDGET_PACKAGE)" | tee -a "$DIST/size-report.txt"
+            status=1
+        else
+            echo "budget met: aarch64 router binary $bin_size B <= $BUDGET_BINARY, package $pkg_size B <= $BUDGET_PACKAGE" | tee -a "$DIST/size-report.txt"
+        fi
+    fi
+    if [ "$variant" = lite ]; then
+        lite_size=$(stat -c %s "$DIST/ferry-lite-$(triple "$t")")
+        if [ "$lite_size" -le "$TARGET_LITE_BINARY" ]; then
+            echo "lite target met: $t lite binary $lite_size B <= $TARGET_LITE_BINARY" | tee -a "$DIST/size-report.txt"
+        else
+            echo "lite target missed: $t lite binary $lite_size B > $TARGET_LITE_BINARY" | tee -a "$DIST/size-report.txt"
+        fi
+    fi
+done
+exit $status
