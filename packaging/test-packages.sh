@@ -51,7 +51,7 @@ for pkg in "$DIR"/*.ipk; do
 
     # Installed files: exactly these, owned by root, with these modes.
     check "data holds exactly the binary, init script and config" test \
-        "$(tar -tzvf "$w/outer/data.tar.gz" | awk '$1 !~ /^d/ {print $1, $2, $6}' | sort | tr '\n' ';')" = \
+        "$(tar -tzvf "$w/outer/data.tar.gz" | awk '$1 !~ /^d/ {print $1, $2, $6}' | sort -k3 | tr '\n' ';')" = \
         "-rw------- 0/0 ./etc/config/ferry;-rwxr-xr-x 0/0 ./etc/init.d/ferry;-rw-r--r-- 0/0 ./lib/upgrade/keep.d/ferry;-rwxr-xr-x 0/0 ./usr/bin/ferry;"
     check "the init script is ours" cmp -s "$w/data/etc/init.d/ferry" "$ROOT/openwrt/ferry/files/ferry.init"
     check "the config is ours" cmp -s "$w/data/etc/config/ferry" "$ROOT/openwrt/ferry/files/ferry.config"

@@ -64,7 +64,7 @@ if ! python3 -m ziglang version >/dev/null 2>&1; then
     echo "cross-build: installing zig (PyPI ziglang)"
     python3 -m pip install --quiet ziglang
 fi
-if ! cargo zigbuild --version 2>/dev/null | grep -q "$ZIGBUILD_VERSION"; then
+if ! cargo-zigbuild --version 2>/dev/null | grep -qF "$ZIGBUILD_VERSION"; then
     echo "cross-build: installing cargo-zigbuild $ZIGBUILD_VERSION"
     cargo install --quiet --locked cargo-zigbuild --version "$ZIGBUILD_VERSION"
 fi
