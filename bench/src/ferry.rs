@@ -209,13 +209,17 @@ pub(crate) async fn idle(t: &Target, clients: usize) -> anyhow::Result<IdleClien
     while let Some(r) = set.join_next().await {
         held.push(r??);
     }
-    Ok(IdleClients { held, conn })
+    Ok(IdleClients {
+        held,
+        _endpoint: conn,
+    })
 }
 
-/// Connections held open; closed gently when dropped.
+/// Connections held open; closed when dropped.
 pub(crate) struct IdleClients {
     held: Vec<Client>,
-    conn: Arc<Conn>,
+    /// Keeps the endpoint (and its socket) alive as long as the connections.
+    _endpoint: Arc<Conn>,
 }
 
 impl Drop for IdleClients {
@@ -223,7 +227,6 @@ impl Drop for IdleClients {
         for c in &self.held {
             c.connection().close(0u32.into(), b"bye");
         }
-        let _ = &self.conn;
     }
 }
 

@@ -470,6 +470,33 @@ mod tests {
     }
 
     #[test]
+    fn role_hubs_and_admin_socket_are_checked() {
+        let f: FileConfig = toml::from_str(
+            "role = \"edge\"\nadmin_socket = \"/var/run/ferry/ferry.sock\"\n[federation]\nhubs = [\"hub.example.org:7001\", \"[2001:db8::1]:7001\"]",
+        )
+        .unwrap();
+        let c = NodeConfig::from_file(&f).unwrap();
+        assert_eq!(c.role, Role::Edge);
+        assert_eq!(c.hubs, ["hub.example.org:7001", "[2001:db8::1]:7001"]);
+        assert_eq!(
+            c.admin_socket_path(),
+            PathBuf::from("/var/run/ferry/ferry.sock")
+        );
+        // A hub role this version cannot honour is refused, not ignored.
+        let f: FileConfig = toml::from_str("role = \"hub\"").unwrap();
+        let err = NodeConfig::from_file(&f).unwrap_err();
+        assert!(err.contains("cannot run as a hub"), "{err}");
+        let f: FileConfig = toml::from_str("role = \"relay\"").unwrap();
+        let err = NodeConfig::from_file(&f).unwrap_err();
+        assert!(err.contains("\"relay\""), "{err}");
+        for bad in ["hub.example.org", ":7001", "hub:0", "hub:port"] {
+            let f: FileConfig = toml::from_str(&format!("[federation]\nhubs = [{bad:?}]")).unwrap();
+            let err = NodeConfig::from_file(&f).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn static_peers_parse_or_say_what_is_wrong() {
         let id = "ab".repeat(32);
         let p: StaticPeer = format!("{id}@10.0.0.2:5002").parse().unwrap();
