@@ -43,6 +43,7 @@ for pkg in "$DIR"/*.ipk; do
     aarch64_cortex-a53 | aarch64_generic) machine=AArch64 ;;
     arm_cortex-a7_neon-vfpv4) machine=ARM ;;
     x86_64) machine="Advanced Micro Devices X86-64" ;;
+    mipsel_24kc) machine="MIPS R3000" ;;
     *) machine=unknown; fail "unknown OpenWrt architecture $farch" ;;
     esac
     size=$(find "$w/data" -type f -exec stat -c %s {} + | awk '{s += $1} END {print s}')

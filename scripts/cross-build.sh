@@ -31,7 +31,8 @@ triple() {
     aarch64) echo aarch64-unknown-linux-musl ;;
     armv7) echo armv7-unknown-linux-musleabihf ;;
     x86_64) echo x86_64-unknown-linux-musl ;;
-    *) echo "cross-build: unknown target $1 (aarch64, armv7, x86_64)" >&2; exit 2 ;;
+    mipsel) echo mipsel-unknown-linux-musl ;;
+    *) echo "cross-build: unknown target $1 (aarch64, armv7, x86_64, mipsel)" >&2; exit 2 ;;
     esac
 }
 # OpenWrt package architectures each binary serves.
@@ -40,6 +41,7 @@ openwrt_arches() {
     aarch64) echo "aarch64_cortex-a53 aarch64_generic" ;;
     armv7) echo "arm_cortex-a7_neon-vfpv4" ;;
     x86_64) echo "x86_64" ;;
+    mipsel) echo "mipsel_24kc" ;;
     esac
 }
 qemu_for() {
@@ -47,6 +49,7 @@ qemu_for() {
     aarch64) echo qemu-aarch64-static ;;
     armv7) echo qemu-arm-static ;;
     x86_64) echo qemu-x86_64-static ;;
+    mipsel) echo qemu-mipsel-static ;;
     esac
 }
 
