@@ -15,7 +15,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-TARGETS=${TARGETS:-"aarch64 armv7 x86_64"}
+TARGETS=${TARGETS-"aarch64 armv7 x86_64"}
 LITE_TARGETS=${LITE_TARGETS-"aarch64"}
 CHECK_TARGETS=${CHECK_TARGETS:-}
 DIST=$ROOT/target/dist
