@@ -112,7 +112,8 @@ pub struct StoreStats {
     pub writer: WriterStats,
 }
 
-/// Hook called after every group commit, for metrics. Runs on the writer thread: keep it cheap.
+/// Hook called after every group commit, before its operations are answered, for metrics.
+/// Runs on the writer thread, on the acknowledgement path: keep it cheap.
 pub trait CommitObserver: Send + Sync + 'static {
     /// `ops` operations were committed (or failed, `ok == false`) in `elapsed`.
     fn committed(&self, ops: usize, elapsed: Duration, ok: bool);

@@ -139,6 +139,11 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
     let result = db.and_then(|db| apply_all(&db, &shared.config, batch));
     let ok = result.is_ok();
     let elapsed = started.elapsed();
+    // Counters and the observer (metrics) see a commit before anyone is answered, so a
+    // client that got its acknowledgement never reads figures that do not include it yet.
+    if let Some(obs) = &shared.observer {
+        obs.committed(ops, elapsed, ok);
+    }
     let c = &shared.counters;
     match result {
         Ok(outcomes) => {
@@ -169,9 +174,6 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
                 tracing::warn!(error = %re, "reopening the database failed; will retry on the next write");
             }
         }
-    }
-    if let Some(obs) = &shared.observer {
-        obs.committed(ops, elapsed, ok);
     }
 }
 
