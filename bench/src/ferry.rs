@@ -161,21 +161,18 @@ pub(crate) async fn run(t: &Target, w: &Workload, rec: Arc<Recorder>) -> anyhow:
         Arc::clone(&rec),
         w.idle_timeout,
     ));
-    let mut tasks = Vec::new();
-    for (i, p) in producers.iter().enumerate() {
-        tasks.push(tokio::spawn(produce(
-            Arc::clone(p),
-            me.public_key().as_bytes().to_vec(),
-            w.range(i),
-            w.size,
-            w.in_flight,
-            Arc::clone(&rec),
-        )));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let sent = start.elapsed();
+    let sent = w
+        .produce_all(start, |i, ids| {
+            produce(
+                Arc::clone(&producers[i]),
+                me.public_key().as_bytes().to_vec(),
+                ids,
+                w.size,
+                w.in_flight,
+                Arc::clone(&rec),
+            )
+        })
+        .await?;
     consumer_task.await??;
     let outcome = rec.outcome(start, sent);
     for p in producers {

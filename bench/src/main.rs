@@ -143,6 +143,26 @@ impl Workload {
         };
         first..last
     }
+
+    /// Spawns one producer per id range (`producer(i, ids)`), waits for all of them and
+    /// returns how long they took since `start`.
+    pub(crate) async fn produce_all<F, Fut>(
+        &self,
+        start: std::time::Instant,
+        mut producer: F,
+    ) -> anyhow::Result<Duration>
+    where
+        F: FnMut(usize, std::ops::Range<u64>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let tasks: Vec<_> = (0..self.producers)
+            .map(|i| tokio::spawn(producer(i, self.range(i))))
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        Ok(start.elapsed())
+    }
 }
 
 #[allow(clippy::print_stdout)]

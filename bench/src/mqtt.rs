@@ -166,21 +166,18 @@ pub(crate) async fn run(t: &Target, w: &Workload, rec: Arc<Recorder>) -> anyhow:
     reset_consumer(t).await?;
     let (client, task) = consumer(t, Arc::clone(&rec), true).await?;
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..w.producers {
-        tasks.push(tokio::spawn(produce(
-            t.clone(),
-            format!("ferry-bench-p{i}-{}", std::process::id()),
-            w.range(i),
-            w.size,
-            w.in_flight,
-            Arc::clone(&rec),
-        )));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let sent = start.elapsed();
+    let sent = w
+        .produce_all(start, |i, ids| {
+            produce(
+                t.clone(),
+                format!("ferry-bench-p{i}-{}", std::process::id()),
+                ids,
+                w.size,
+                w.in_flight,
+                Arc::clone(&rec),
+            )
+        })
+        .await?;
     stats::wait_complete(&rec, start, w.idle_timeout).await;
     let outcome = rec.outcome(start, sent);
     stop_consumer(client, task).await;

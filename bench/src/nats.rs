@@ -110,20 +110,11 @@ pub(crate) async fn run(t: &Target, w: &Workload, rec: Arc<Recorder>) -> anyhow:
     let durable = fresh(&js).await?;
     let start = Instant::now();
     let consumer_task = tokio::spawn(consume(durable, Arc::clone(&rec), w.idle_timeout));
-    let mut tasks = Vec::new();
-    for i in 0..w.producers {
-        tasks.push(tokio::spawn(produce(
-            t.clone(),
-            w.range(i),
-            w.size,
-            w.in_flight,
-            Arc::clone(&rec),
-        )));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let sent = start.elapsed();
+    let sent = w
+        .produce_all(start, |_, ids| {
+            produce(t.clone(), ids, w.size, w.in_flight, Arc::clone(&rec))
+        })
+        .await?;
     consumer_task.await??;
     Ok(rec.outcome(start, sent))
 }
