@@ -153,6 +153,7 @@ fn routing(c: &mut Criterion) {
         LinkMsg::Routes(
             (0..DESTS)
                 .map(|i| RouteEntry {
+                    hub: false,
                     node: node(i),
                     seqno,
                     metric,

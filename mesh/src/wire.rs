@@ -49,6 +49,8 @@ pub struct RouteEntry {
     pub seqno: u32,
     /// Metric as advertised (hop count; [`INFINITY`] retracts).
     pub metric: u16,
+    /// The destination is a federation hub: the default route leads to the nearest one.
+    pub hub: bool,
 }
 
 /// A user's signed presence claim, not yet verified.
@@ -344,6 +346,7 @@ impl TryFrom<pb::LinkMessage> for LinkMsg {
                                 node: NodeId::from_field(&e.node_id, "node_id")?,
                                 seqno: e.seqno,
                                 metric: u16::try_from(e.metric).unwrap_or(INFINITY),
+                                hub: e.hub,
                             })
                         })
                         .collect::<Result<_, ProtoError>>()?,
@@ -464,6 +467,7 @@ impl From<LinkMsg> for pb::LinkMessage {
                         node_id: e.node.as_bytes().to_vec(),
                         seqno: e.seqno,
                         metric: u32::from(e.metric),
+                        hub: e.hub,
                     })
                     .collect(),
             }),

@@ -1,110 +1,13 @@
 //! What a misbehaving or broken neighbour can send, fed to the sans-IO core: each is refused
 //! with a counter, costs the sender (not the node), and leaves the node working.
 
-use ed25519_dalek::{Signer, SigningKey};
-use ferry_mesh::core::{Config, Mesh, Output, PeerSource, Stored};
-use ferry_mesh::wire::{self, AckOutcome, Bundle, Claim, Hello, LinkMsg, PeerRecord, RouteEntry};
-use ferry_proto::limits::{MAX_MESSAGE_LEN, MESH_PROTOCOL_VERSION};
-use ferry_proto::transcript::presence_transcript;
-use ferry_proto::types::{ChannelId, DeviceId, HybridPublicKey, IdentityKey, MessageId, NodeId};
+mod common;
 
-const ME: NodeId = NodeId::from_array([1; 32]);
-const EVIL: NodeId = NodeId::from_array([2; 32]);
-const GOOD: NodeId = NodeId::from_array([3; 32]);
-
-fn drain(m: &mut Mesh) -> Vec<Output> {
-    std::iter::from_fn(|| m.poll_output()).collect()
-}
-
-fn hello(node: NodeId) -> LinkMsg {
-    LinkMsg::Hello(Hello {
-        version: MESH_PROTOCOL_VERSION,
-        node_id: node,
-        client_port: 0,
-        client_cert_fingerprint: Vec::new(),
-        max_bundle_bytes: MAX_MESSAGE_LEN as u32,
-        role: "edge".into(),
-    })
-}
-
-/// A node with `peers` linked and greeted.
-fn node(cfg: impl FnOnce(&mut Config), peers: &[NodeId]) -> Mesh {
-    let mut c = Config::new(ME);
-    cfg(&mut c);
-    let mut m = Mesh::new(c, 0);
-    for p in peers {
-        assert!(m.handle_link_up(0, *p, None));
-        m.handle_message(0, *p, hello(*p));
-    }
-    drain(&mut m);
-    m
-}
-
-fn user(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-fn id_of(k: &SigningKey) -> IdentityKey {
-    IdentityKey::from_array(k.verifying_key().to_bytes())
-}
-
-fn hybrid() -> HybridPublicKey {
-    HybridPublicKey::from_parts(&[9; 32], &[9; 1184])
-}
-
-fn claim(signer: &SigningKey, user: IdentityKey, node: NodeId, ts: u64) -> Claim {
-    let h = hybrid();
-    Claim {
-        user,
-        node,
-        timestamp_ms: ts,
-        hybrid: h.clone(),
-        signature: signer
-            .sign(&presence_transcript(&user, &node, ts, &h))
-            .to_bytes(),
-    }
-}
-
-fn bundle(n: u32, recipient: IdentityKey, lifetime_ms: u64, payload: usize) -> Bundle {
-    let mut id = [0u8; 16];
-    id[..4].copy_from_slice(&n.to_be_bytes());
-    Bundle {
-        message_id: MessageId::from_array(id),
-        recipient,
-        channel: ChannelId::default(),
-        device: DeviceId::DEFAULT,
-        lifetime_ms,
-        hop_count: 0,
-        hop_limit: 16,
-        sender: None,
-        payload: vec![7; payload],
-    }
-}
-
-/// Acks the core sent to `to`, in order.
-fn acks_to(outs: &[Output], to: NodeId) -> Vec<AckOutcome> {
-    outs.iter()
-        .filter_map(|o| match o {
-            Output::Send {
-                to: t,
-                msg: LinkMsg::Ack(a),
-            } if *t == to => Some(a.iter().map(|(_, o)| *o).collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
-/// Runs the core until its housekeeping has flushed what it queued.
-fn settle(m: &mut Mesh, now: &mut u64) -> Vec<Output> {
-    let mut outs = drain(m);
-    for _ in 0..4 {
-        *now += 300;
-        m.handle_timeout(*now);
-        outs.extend(drain(m));
-    }
-    outs
-}
+use common::*;
+use ferry_mesh::core::{Output, PeerSource, Stored};
+use ferry_mesh::wire::{self, AckOutcome, LinkMsg, PeerRecord, RouteEntry};
+use ferry_proto::limits::MAX_MESSAGE_LEN;
+use ferry_proto::types::NodeId;
 
 #[test]
 fn garbage_drops_and_penalises_the_peer_and_the_node_keeps_serving() {
@@ -179,6 +82,7 @@ fn replayed_old_route_seqnos_do_not_move_routes() {
             node: far,
             seqno,
             metric,
+            hub: false,
         }])
     };
     let mut now = 100;
@@ -258,6 +162,11 @@ fn a_peer_sending_endless_bundles_hits_its_quota() {
         15
     );
     assert_eq!(m.stats().refused, 15);
+    assert_eq!(
+        m.stats().refused_peer_quota,
+        15,
+        "counted as over the peer's share"
+    );
     // Another neighbour is not affected by EVIL's quota.
     m.handle_message(now, GOOD, LinkMsg::Bundle(bundle(100, bob, 600_000, 100)));
     assert!(

@@ -40,6 +40,9 @@ use peers::PeerTable;
 use presence::PresenceTable;
 use routes::Routes;
 
+/// The role of a federation hub (in [`Config::role`] and Hello).
+pub const ROLE_HUB: &str = "hub";
+
 /// Tunables of the core. Times are milliseconds on the core's clock.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -247,6 +250,8 @@ pub struct Stats {
     pub hop_limit_drops: u64,
     /// Bundles refused (quota or per-peer cap).
     pub refused: u64,
+    /// Of those, refused because the sending neighbour had its per-peer share in custody.
+    pub refused_peer_quota: u64,
     /// Malformed messages from peers (each drops the link).
     pub malformed: u64,
     /// Peer-table additions refused (full, or a neighbour over its share).
@@ -334,7 +339,13 @@ impl Mesh {
         let keyed = Keyed::new(cfg.seed);
         let first_update = now_ms + jitter.around(cfg.route_update_interval_ms);
         Self {
-            routes: Routes::new(cfg.me, cfg.initial_seqno, cfg.max_nodes, keyed),
+            routes: Routes::new(
+                cfg.me,
+                cfg.role == ROLE_HUB,
+                cfg.initial_seqno,
+                cfg.max_nodes,
+                keyed,
+            ),
             presence: PresenceTable::new(cfg.max_presence, keyed),
             peers: PeerTable::new(cfg.me, cfg.max_peers, cfg.max_peers_per_source, keyed),
             broadcasts: broadcast::Broadcasts::new(
@@ -707,6 +718,8 @@ impl Mesh {
             LinkMsg::Want(digests) => self.on_want(now_ms, from, &digests),
             LinkMsg::Bundle(b) => self.on_bundle(now_ms, from, b),
             LinkMsg::Ack(entries) => self.on_ack(now_ms, from, &entries),
+            // Mesh addresses mean nothing across a hub link: a hub neither sends nor takes them.
+            LinkMsg::Peers(_) if self.hub_link(&from) => {}
             LinkMsg::Peers(records) => {
                 for r in records {
                     if self
@@ -1053,13 +1066,17 @@ impl Mesh {
             return refuse(self, Stored::Refused);
         }
         let local = self.is_local(&b.recipient);
-        if !local
-            && (self.custody.len() + self.storing.len() >= self.cfg.max_custody
-                || self.custody.count_from(&from)
-                    + self.storing_from.get(&from).copied().unwrap_or(0)
-                    >= self.cfg.max_custody_per_peer)
-        {
-            return refuse(self, Stored::Refused);
+        if !local {
+            if self.custody.len() + self.storing.len() >= self.cfg.max_custody {
+                return refuse(self, Stored::Refused);
+            }
+            // One neighbour (a flooding edge, on a hub) may fill only its share.
+            if self.custody.count_from(&from) + self.storing_from.get(&from).copied().unwrap_or(0)
+                >= self.cfg.max_custody_per_peer
+            {
+                self.stats.refused_peer_quota += 1;
+                return refuse(self, Stored::Refused);
+            }
         }
         self.storing.insert(d, from);
         *self.storing_from.entry(from).or_insert(0) += 1;
@@ -1176,9 +1193,12 @@ impl Mesh {
         let mut offers: Map<NodeId, Vec<BundleDigest>> = self.keyed.map();
         let mut local = Vec::new();
         let mut dropped = Vec::new();
+        // With no route to a recipient's home, mail goes towards the nearest hub, which holds
+        // it until the home's mesh is back (hubs themselves have no default route).
+        let default_hop = self.routes.default_hop();
         for r in recipients {
             let is_local = self.is_local(&r);
-            let next = if is_local {
+            let routed = if is_local {
                 None
             } else {
                 self.presence
@@ -1186,6 +1206,8 @@ impl Mesh {
                     .and_then(|h| self.routes.next_hop(&h))
                     .filter(|nh| *nh != self.cfg.me)
             };
+            let by_default = routed.is_none() && !is_local && self.presence.home(&r).is_some();
+            let next = if by_default { default_hop } else { routed };
             for d in self.custody.of_recipient(&r) {
                 let Some(e) = self.custody.get(&d).copied() else {
                     continue;
@@ -1199,6 +1221,11 @@ impl Mesh {
                     continue;
                 }
                 let Some(nh) = next else { continue };
+                // Never hand a bundle back the way it came by default: the hub it came from
+                // knew no better route either, and holds it better than we do.
+                if by_default && e.meta.from == Some(nh) {
+                    continue;
+                }
                 if self.links.get(&nh).is_none_or(|l| l.hello.is_none()) {
                     continue;
                 }
@@ -1297,7 +1324,23 @@ impl Mesh {
         }
     }
 
+    /// Whether the link to `peer` is a federation link: we are a hub, or it says it is one.
+    fn hub_link(&self, peer: &NodeId) -> bool {
+        self.cfg.role == ROLE_HUB
+            || self
+                .links
+                .get(peer)
+                .and_then(|l| l.hello.as_ref())
+                .is_some_and(|h| h.role == ROLE_HUB)
+    }
+
     fn send_peer_exchange(&mut self, to: &NodeId, now_ms: u64) {
+        if self.hub_link(to) {
+            if let Some(l) = self.links.get_mut(to) {
+                l.last_exchange_ms = now_ms;
+            }
+            return;
+        }
         let mut records: Vec<PeerRecord> = self
             .peers
             .iter()

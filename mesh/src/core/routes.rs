@@ -40,6 +40,8 @@ struct Dest {
     last_request_ms: Option<u64>,
     /// Selection was lost and the retraction not yet advertised.
     retract_pending: bool,
+    /// The destination says it is a federation hub.
+    hub: bool,
 }
 
 /// Whether (seqno, metric) is strictly better than `fd` in Babel's order.
@@ -75,6 +77,8 @@ pub(crate) struct Changes {
 #[derive(Debug)]
 pub(crate) struct Routes {
     me: NodeId,
+    /// We are a federation hub (advertised with our own route).
+    me_hub: bool,
     my_seqno: u32,
     dests: Map<NodeId, Dest>,
     max_dests: usize,
@@ -82,9 +86,16 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(me: NodeId, seqno: u32, max_dests: usize, keyed: Keyed) -> Self {
+    pub(crate) fn new(
+        me: NodeId,
+        me_hub: bool,
+        seqno: u32,
+        max_dests: usize,
+        keyed: Keyed,
+    ) -> Self {
         Self {
             me,
+            me_hub,
             my_seqno: seqno,
             dests: keyed.map(),
             max_dests,
@@ -118,6 +129,20 @@ impl Routes {
             .get(dest)
             .and_then(|d| d.selected)
             .map(|(nh, _, _)| nh)
+    }
+
+    /// The default route: the next hop towards the nearest reachable hub (fewest hops, then
+    /// the smaller node id), `None` when no hub is reachable or we are one.
+    pub(crate) fn default_hop(&self) -> Option<NodeId> {
+        if self.me_hub {
+            return None;
+        }
+        self.dests
+            .iter()
+            .filter(|(_, d)| d.hub)
+            .filter_map(|(k, d)| d.selected.map(|(nh, _, m)| (m, *k, nh)))
+            .min()
+            .map(|(_, _, nh)| nh)
     }
 
     #[cfg(test)]
@@ -210,7 +235,11 @@ impl Routes {
                 fd: None,
                 last_request_ms: None,
                 retract_pending: false,
+                hub: false,
             });
+            if e.metric != INFINITY {
+                d.hub = e.hub;
+            }
             match d.sources.get(&neighbor) {
                 // A replay or reordering: an older seqno from the same neighbour is ignored.
                 Some(old) if e.seqno < old.seqno => continue,
@@ -299,6 +328,7 @@ impl Routes {
                 node: self.me,
                 seqno: self.my_seqno,
                 metric: 0,
+                hub: self.me_hub,
             });
         }
         for (k, d) in &mut self.dests {
@@ -315,6 +345,7 @@ impl Routes {
                         node: *k,
                         seqno: s,
                         metric: m,
+                        hub: d.hub,
                     });
                 }
                 None if d.retract_pending => {
@@ -323,6 +354,7 @@ impl Routes {
                         node: *k,
                         seqno: d.fd.map(|f| f.0).unwrap_or(0),
                         metric: INFINITY,
+                        hub: d.hub,
                     });
                 }
                 None => {}
@@ -373,12 +405,13 @@ mod tests {
             node: n(node),
             seqno,
             metric,
+            hub: false,
         }
     }
 
     #[test]
     fn selects_the_shortest_feasible_route() {
-        let mut r = Routes::new(n(0), 1, 100, Keyed::new(1));
+        let mut r = Routes::new(n(0), false, 1, 100, Keyed::new(1));
         r.update(0, n(1), &[e(9, 5, 3)]);
         assert_eq!(r.next_hop(&n(9)), Some(n(1)));
         assert_eq!(r.metric(&n(9)), Some(4));
@@ -390,7 +423,7 @@ mod tests {
 
     #[test]
     fn a_refresh_of_the_selected_route_stays_feasible() {
-        let mut r = Routes::new(n(0), 1, 100, Keyed::new(1));
+        let mut r = Routes::new(n(0), false, 1, 100, Keyed::new(1));
         r.update(0, n(1), &[e(9, 5, 1)]);
         r.advertise(None); // FD(9) = (5, 2)
         let ch = r.update(10, n(1), &[e(9, 5, 1)]);
@@ -400,7 +433,7 @@ mod tests {
 
     #[test]
     fn infeasible_routes_are_not_selected_and_starvation_asks_for_a_seqno() {
-        let mut r = Routes::new(n(0), 1, 100, Keyed::new(1));
+        let mut r = Routes::new(n(0), false, 1, 100, Keyed::new(1));
         r.update(0, n(1), &[e(9, 5, 1)]);
         let adv = r.advertise(None);
         assert!(adv.contains(&e(9, 5, 2)));
@@ -424,7 +457,7 @@ mod tests {
 
     #[test]
     fn replayed_old_seqnos_are_ignored() {
-        let mut r = Routes::new(n(0), 1, 100, Keyed::new(1));
+        let mut r = Routes::new(n(0), false, 1, 100, Keyed::new(1));
         r.update(0, n(1), &[e(9, 10, 1)]);
         r.advertise(None);
         let ch = r.update(0, n(1), &[e(9, 3, 0)]);
@@ -435,7 +468,7 @@ mod tests {
 
     #[test]
     fn retractions_and_expiry() {
-        let mut r = Routes::new(n(0), 1, 100, Keyed::new(1));
+        let mut r = Routes::new(n(0), false, 1, 100, Keyed::new(1));
         r.update(0, n(1), &[e(9, 1, 1)]);
         r.advertise(None);
         r.update(10, n(1), &[e(9, 1, INFINITY)]);
@@ -453,7 +486,7 @@ mod tests {
 
     #[test]
     fn table_is_bounded() {
-        let mut r = Routes::new(n(0), 1, 2, Keyed::new(1));
+        let mut r = Routes::new(n(0), false, 1, 2, Keyed::new(1));
         r.update(0, n(1), &[e(5, 1, 1), e(6, 1, 1), e(7, 1, 1)]);
         assert_eq!(r.len(), 2);
     }

@@ -14,6 +14,7 @@ pub const PROTO_FILES: &[&str] = &[
     "qpq/v1/keys.proto",
     "qpq/v1/p2p.proto",
     "qpq/v1/push.proto",
+    "qpq/v1/federation.proto",
     "ferry/e2e/v1/message.proto",
     "ferry/mesh/v1/link.proto",
 ];

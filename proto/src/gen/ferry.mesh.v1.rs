@@ -68,6 +68,10 @@ pub struct RouteEntry {
     pub seqno: u32,
     #[prost(uint32, tag = "3")]
     pub metric: u32,
+    /// The destination is a federation hub (set by the origin, carried by relays): a node with
+    /// no route to a recipient's home sends the bundle towards the nearest hub.
+    #[prost(bool, tag = "4")]
+    pub hub: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RouteUpdate {

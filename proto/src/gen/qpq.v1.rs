@@ -479,3 +479,161 @@ pub struct NewMessage {
     #[prost(uint64, tag = "4")]
     pub seq: u64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FederationAuth {
+    /// The caller's domain, for logs (free text, at most 253 bytes).
+    #[prost(string, tag = "1")]
+    pub origin_domain: ::prost::alloc::string::String,
+    /// The caller's node id (32 bytes); must be the key the connection authenticated with.
+    #[prost(bytes = "vec", tag = "2")]
+    pub origin_node: ::prost::alloc::vec::Vec<u8>,
+}
+/// One message handed to the hub for a user in another mesh. The hub takes custody of it
+/// durably before answering, then routes it like any bundle (holding it while the recipient's
+/// mesh is offline). message_id is the idempotency key, as in Enqueue.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RelayMessage {
+    /// 32 bytes
+    #[prost(bytes = "vec", tag = "1")]
+    pub recipient_key: ::prost::alloc::vec::Vec<u8>,
+    /// sealed by the sender; at most 1 MiB
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// empty or 16 bytes
+    #[prost(bytes = "vec", tag = "3")]
+    pub channel_id: ::prost::alloc::vec::Vec<u8>,
+    /// empty or 16 bytes
+    #[prost(bytes = "vec", tag = "4")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+    /// 16 bytes, required
+    #[prost(bytes = "vec", tag = "5")]
+    pub message_id: ::prost::alloc::vec::Vec<u8>,
+    /// 0 = node default
+    #[prost(uint32, tag = "6")]
+    pub ttl_secs: u32,
+    /// The sender's identity key as the origin node authenticated it (empty = sealed sender).
+    #[prost(bytes = "vec", tag = "7")]
+    pub sender_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RelayEnqueueRequest {
+    #[prost(message, optional, tag = "1")]
+    pub auth: ::core::option::Option<FederationAuth>,
+    #[prost(message, optional, tag = "2")]
+    pub message: ::core::option::Option<RelayMessage>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RelayEnqueueResponse {
+    #[prost(bool, tag = "1")]
+    pub duplicate: bool,
+    /// true when the recipient is at home on the hub itself and the message is in their mailbox;
+    /// false when it is in custody on its way.
+    #[prost(bool, tag = "2")]
+    pub delivered: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RelayBatchEnqueueRequest {
+    #[prost(message, optional, tag = "1")]
+    pub auth: ::core::option::Option<FederationAuth>,
+    #[prost(message, repeated, tag = "2")]
+    pub messages: ::prost::alloc::vec::Vec<RelayMessage>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RelayBatchEnqueueResponse {
+    /// One per message, in order.
+    #[prost(bool, repeated, tag = "1")]
+    pub duplicates: ::prost::alloc::vec::Vec<bool>,
+    #[prost(bool, repeated, tag = "2")]
+    pub delivered: ::prost::alloc::vec::Vec<bool>,
+}
+/// Ferry nodes keep no MLS KeyPackages (300/301 are not served), so a hub answers 4 NotFound.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProxyFetchKeyPackageRequest {
+    #[prost(message, optional, tag = "1")]
+    pub auth: ::core::option::Option<FederationAuth>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub identity_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProxyFetchKeyPackageResponse {
+    #[prost(bytes = "vec", tag = "1")]
+    pub package: ::prost::alloc::vec::Vec<u8>,
+}
+/// Answered from the signed presence claims the hub holds (the user's own hybrid key).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProxyFetchHybridKeyRequest {
+    #[prost(message, optional, tag = "1")]
+    pub auth: ::core::option::Option<FederationAuth>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub identity_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProxyFetchHybridKeyResponse {
+    #[prost(bytes = "vec", tag = "1")]
+    pub hybrid_public_key: ::prost::alloc::vec::Vec<u8>,
+}
+/// Where a user is at home, from the signed presence claims the hub holds.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProxyResolveUserRequest {
+    #[prost(message, optional, tag = "1")]
+    pub auth: ::core::option::Option<FederationAuth>,
+    /// 32 bytes; or
+    #[prost(bytes = "vec", tag = "2")]
+    pub identity_key: ::prost::alloc::vec::Vec<u8>,
+    /// SHA-256 of the identity key, when identity_key is empty
+    #[prost(bytes = "vec", tag = "3")]
+    pub fingerprint: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProxyResolveUserResponse {
+    #[prost(bytes = "vec", tag = "1")]
+    pub identity_key: ::prost::alloc::vec::Vec<u8>,
+    /// 32 bytes
+    #[prost(bytes = "vec", tag = "2")]
+    pub home_node: ::prost::alloc::vec::Vec<u8>,
+    /// the presence claim's time (the user's clock)
+    #[prost(uint64, tag = "3")]
+    pub claim_timestamp_ms: u64,
+    /// the hub has a route to the home node now
+    #[prost(bool, tag = "4")]
+    pub reachable: bool,
+    /// hops from the hub, when reachable
+    #[prost(uint32, tag = "5")]
+    pub metric: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FederationHealthRequest {
+    #[prost(message, optional, tag = "1")]
+    pub auth: ::core::option::Option<FederationAuth>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FederationHealthResponse {
+    /// "ok" or "draining"
+    #[prost(string, tag = "1")]
+    pub status: ::prost::alloc::string::String,
+    /// the hub's node id
+    #[prost(bytes = "vec", tag = "2")]
+    pub hub_node: ::prost::alloc::vec::Vec<u8>,
+    /// "hub"
+    #[prost(string, tag = "3")]
+    pub role: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub uptime_secs: u64,
+    #[prost(string, tag = "5")]
+    pub version: ::prost::alloc::string::String,
+    /// federation and mesh links up
+    #[prost(uint32, tag = "6")]
+    pub links: u32,
+    #[prost(bytes = "vec", repeated, tag = "7")]
+    pub linked_nodes: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(uint64, tag = "8")]
+    pub custody_bundles: u64,
+    #[prost(uint64, tag = "9")]
+    pub custody_bytes: u64,
+    /// federation handshakes refused (not on the allow list)
+    #[prost(uint64, tag = "10")]
+    pub refused_links: u64,
+    /// bundles refused over the per-edge quota
+    #[prost(uint64, tag = "11")]
+    pub refused_quota: u64,
+}
