@@ -167,6 +167,8 @@ async fn answer(state: &State, cmd: &str) -> Value {
         },
         "reconnect" => match mesh {
             Some(m) => {
+                // Every resolver task (static peers, hubs) wakes; a busy one finds the permit.
+                state.peers_kick.notify_waiters();
                 state.peers_kick.notify_one();
                 m.reconnect();
                 tracing::info!("reconnect requested: redialling known peers");

@@ -52,8 +52,16 @@ pub struct MeshSection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FederationSection {
-    /// Hubs an edge dials, `host:port` (UDP).
+    /// Hubs this node dials, `host:port` or `<node id>@host:port` (UDP).
     pub hubs: Option<Vec<String>>,
+    /// Federation address of a hub, `host:port` (UDP; default `[::]:7001`).
+    pub listen: Option<String>,
+    /// Node ids a hub admits on its federation port (edges and peer hubs).
+    pub allow: Option<Vec<String>>,
+    /// Bundles one edge may have in a hub's custody at once.
+    pub per_edge_quota: Option<usize>,
+    /// This node's domain, sent in FederationAuth (logs only).
+    pub domain: Option<String>,
 }
 
 /// What a node is for.
@@ -177,6 +185,36 @@ impl std::str::FromStr for StaticPeer {
     }
 }
 
+/// The default federation port of a hub (UDP).
+pub const DEFAULT_FEDERATION_PORT: u16 = 7001;
+
+/// Federation settings.
+#[derive(Clone, Debug)]
+pub struct FederationConfig {
+    /// Hubs to dial (edges, and hubs that peer).
+    pub hubs: Vec<StaticPeer>,
+    /// Where a hub listens for federation links. An edge dials from an ephemeral port.
+    pub listen: String,
+    /// Node ids admitted on the federation port (a hub's edges and peer hubs).
+    pub allow: Vec<NodeId>,
+    /// Bundles one neighbour may have in custody here at once.
+    pub per_edge_quota: usize,
+    /// Domain named in FederationAuth.
+    pub domain: String,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            hubs: Vec::new(),
+            listen: format!("[::]:{DEFAULT_FEDERATION_PORT}"),
+            allow: Vec::new(),
+            per_edge_quota: 50_000,
+            domain: String::new(),
+        }
+    }
+}
+
 /// Mesh settings.
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -251,8 +289,8 @@ pub struct NodeConfig {
     pub admin_socket: Option<PathBuf>,
     /// What this node is for.
     pub role: Role,
-    /// Hubs to dial, `host:port`.
-    pub hubs: Vec<String>,
+    /// Federation with hubs.
+    pub federation: FederationConfig,
     /// Log filter (used by the binary).
     pub log: String,
     /// Tokio worker threads (used by the binary).
@@ -284,7 +322,7 @@ impl Default for NodeConfig {
             mesh: MeshConfig::default(),
             admin_socket: None,
             role: Role::Edge,
-            hubs: Vec::new(),
+            federation: FederationConfig::default(),
             log: "info".into(),
             worker_threads: std::thread::available_parallelism()
                 .map(|n| n.get().min(4))
@@ -339,32 +377,53 @@ impl NodeConfig {
         if let Some(v) = &f.role {
             self.role = match v.as_str() {
                 "edge" => Role::Edge,
-                // Federation is not in this version yet: a node told to be a hub must not
-                // start as something else and leave the operator guessing.
-                "hub" => {
-                    return Err(format!(
-                        "role = \"hub\": this version of ferry ({}) cannot run as a hub yet \
-                         (federation is not built); use role = \"edge\"",
-                        env!("CARGO_PKG_VERSION")
-                    ));
-                }
+                "hub" => Role::Hub,
                 other => return Err(format!("role = {other:?}: expected \"edge\" or \"hub\"")),
             };
         }
-        if let Some(fed) = &f.federation
-            && let Some(hubs) = &fed.hubs
-        {
-            self.hubs = hubs
-                .iter()
-                .map(|h| match h.rsplit_once(':') {
-                    Some((host, port))
-                        if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) =>
-                    {
-                        Ok(h.clone())
-                    }
-                    _ => Err(format!("federation.hubs: {h:?} is not host:port")),
-                })
-                .collect::<Result<_, _>>()?;
+        if let Some(fed) = &f.federation {
+            if let Some(hubs) = &fed.hubs {
+                self.federation.hubs = hubs
+                    .iter()
+                    .map(|h| {
+                        h.parse::<StaticPeer>()
+                            .map_err(|e| format!("federation.hubs: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            if let Some(v) = &fed.listen {
+                if v.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(format!(
+                        "federation.listen: {v:?} is not an address like [::]:7001"
+                    ));
+                }
+                self.federation.listen = v.clone();
+            }
+            if let Some(v) = &fed.allow {
+                self.federation.allow = v
+                    .iter()
+                    .map(|id| {
+                        id.parse::<NodeId>().map_err(|_| {
+                            format!(
+                                "federation.allow: {id:?} is not a node id (64 hex digits; \
+                                 `ferry status` on the edge prints it)"
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            if let Some(v) = fed.per_edge_quota {
+                if v == 0 {
+                    return Err("federation.per_edge_quota must be at least 1".into());
+                }
+                self.federation.per_edge_quota = v;
+            }
+            if let Some(v) = &fed.domain {
+                if v.len() > 253 {
+                    return Err("federation.domain is longer than 253 bytes".into());
+                }
+                self.federation.domain = v.clone();
+            }
         }
         if let Some(v) = f.worker_threads {
             self.worker_threads = v.max(1);
@@ -477,15 +536,32 @@ mod tests {
         .unwrap();
         let c = NodeConfig::from_file(&f).unwrap();
         assert_eq!(c.role, Role::Edge);
-        assert_eq!(c.hubs, ["hub.example.org:7001", "[2001:db8::1]:7001"]);
+        let hubs: Vec<String> = c.federation.hubs.iter().map(|h| h.to_string()).collect();
+        assert_eq!(hubs, ["hub.example.org:7001", "[2001:db8::1]:7001"]);
         assert_eq!(
             c.admin_socket_path(),
             PathBuf::from("/var/run/ferry/ferry.sock")
         );
-        // A hub role this version cannot honour is refused, not ignored.
-        let f: FileConfig = toml::from_str("role = \"hub\"").unwrap();
-        let err = NodeConfig::from_file(&f).unwrap_err();
-        assert!(err.contains("cannot run as a hub"), "{err}");
+        let id = "ab".repeat(32);
+        let f: FileConfig = toml::from_str(&format!(
+            "role = \"hub\"\n[federation]\nlisten = \"0.0.0.0:7001\"\nallow = [\"{id}\"]\n\
+             per_edge_quota = 100\ndomain = \"hub.example.org\"\nhubs = [\"{id}@10.0.0.1:7001\"]"
+        ))
+        .unwrap();
+        let c = NodeConfig::from_file(&f).unwrap();
+        assert_eq!(c.role, Role::Hub);
+        assert_eq!(c.federation.allow, [id.parse::<NodeId>().unwrap()]);
+        assert_eq!(c.federation.per_edge_quota, 100);
+        assert_eq!(c.federation.hubs[0].node, Some(id.parse().unwrap()));
+        for (bad, says) in [
+            ("allow = [\"edge1\"]", "not a node id"),
+            ("listen = \"hub:7001\"", "federation.listen"),
+            ("per_edge_quota = 0", "at least 1"),
+        ] {
+            let f: FileConfig = toml::from_str(&format!("[federation]\n{bad}")).unwrap();
+            let err = NodeConfig::from_file(&f).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
         let f: FileConfig = toml::from_str("role = \"relay\"").unwrap();
         let err = NodeConfig::from_file(&f).unwrap_err();
         assert!(err.contains("\"relay\""), "{err}");

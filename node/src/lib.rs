@@ -26,6 +26,7 @@ mod cert;
 pub mod config;
 mod conn;
 mod error;
+mod federation;
 mod http;
 mod mesh;
 mod metrics;

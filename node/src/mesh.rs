@@ -6,7 +6,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_mesh::core::{Config, PeerSource};
+use ferry_mesh::core::{Config, PeerSource, ROLE_HUB};
+use ferry_mesh::driver::federation::Federation;
+use ferry_mesh::driver::quic_transport::QuicTransport;
 use ferry_mesh::driver::{self, MeshEvent, MeshHandle, Transport};
 use ferry_proto::types::{Fingerprint, NodeId};
 use ferry_store::Store;
@@ -14,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::config::StaticPeer;
+use crate::config::{Role, StaticPeer};
 use crate::{NodeConfig, NodeError};
 
 /// Which link transport this build uses.
@@ -35,15 +37,17 @@ pub(crate) struct Started {
     pub(crate) handle: MeshHandle,
     pub(crate) events: UnboundedReceiver<MeshEvent>,
     pub(crate) discovery: Option<Discovery>,
+    /// The federation endpoint, on a hub or an edge with hubs.
+    pub(crate) federation: Option<Arc<Federation>>,
 }
 
 fn mesh_err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Mesh(e.to_string())
 }
 
-fn listen_addrs(listen: &str) -> Result<Vec<SocketAddr>, NodeError> {
+fn listen_addrs(field: &'static str, listen: &str) -> Result<Vec<SocketAddr>, NodeError> {
     let addr: SocketAddr = listen.parse().map_err(|_| NodeError::Address {
-        field: "mesh.listen",
+        field,
         value: listen.to_string(),
     })?;
     let mut out = vec![addr];
@@ -55,7 +59,7 @@ fn listen_addrs(listen: &str) -> Result<Vec<SocketAddr>, NodeError> {
 
 async fn bind(cfg: &NodeConfig, secret: [u8; 32]) -> Result<Arc<dyn Transport>, NodeError> {
     let mut last = None;
-    for addr in listen_addrs(&cfg.mesh.listen)? {
+    for addr in listen_addrs("mesh.listen", &cfg.mesh.listen)? {
         #[cfg(feature = "iroh")]
         let bound = driver::iroh_transport::IrohTransport::bind(secret, addr)
             .await
@@ -73,6 +77,32 @@ async fn bind(cfg: &NodeConfig, secret: [u8; 32]) -> Result<Arc<dyn Transport>, 
     }
     Err(NodeError::Bind {
         addr: cfg.mesh.listen.clone(),
+        source: std::io::Error::other(
+            last.map(|e| e.to_string())
+                .unwrap_or_else(|| "no address to bind".into()),
+        ),
+    })
+}
+
+/// Binds the federation endpoint: a hub on `federation.listen`, an edge on an ephemeral port
+/// (it only dials out).
+fn bind_federation(cfg: &NodeConfig, secret: [u8; 32]) -> Result<QuicTransport, NodeError> {
+    let listen = match cfg.role {
+        Role::Hub => cfg.federation.listen.clone(),
+        Role::Edge => "[::]:0".to_string(),
+    };
+    let mut last = None;
+    for addr in listen_addrs("federation.listen", &listen)? {
+        match QuicTransport::bind(secret, addr) {
+            Ok(t) => return Ok(t),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "federation bind failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(NodeError::Bind {
+        addr: listen,
         source: std::io::Error::other(
             last.map(|e| e.to_string())
                 .unwrap_or_else(|| "no address to bind".into()),
@@ -101,10 +131,14 @@ const STATIC_RETRY: Duration = Duration::from_secs(30);
 /// Feeds static peers to the mesh: resolves their names, learns the node id of those given
 /// as plain `host:port`, and tries again later for those that did not answer. `kick`
 /// (`ferry reconnect`, the WAN coming up) resolves everything afresh at once.
+///
+/// With `hubs`, the peers are hubs: each is marked as one (dialled on the federation
+/// endpoint) before the mesh learns of it.
 async fn static_peers(
     mesh: MeshHandle,
     secret: [u8; 32],
     peers: Vec<StaticPeer>,
+    hubs: Option<Arc<Federation>>,
     kick: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -130,7 +164,12 @@ async fn static_peers(
                 }
             }
             match id {
-                Some(n) => mesh.discovered(*n, &addrs, PeerSource::Static),
+                Some(n) => {
+                    if let Some(f) = &hubs {
+                        f.add_hub(*n);
+                    }
+                    mesh.discovered(*n, &addrs, PeerSource::Static)
+                }
                 None => pending = true,
             }
         }
@@ -159,13 +198,32 @@ pub(crate) async fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<Started, NodeError> {
     let secret = driver::load_or_create_key(&cfg.mesh_key_path()).map_err(mesh_err)?;
-    let transport = bind(cfg, secret).await?;
+    let mesh_transport = bind(cfg, secret).await?;
+    let (transport, federation): (Arc<dyn Transport>, _) =
+        if cfg.role == Role::Hub || !cfg.federation.hubs.is_empty() {
+            let fed = bind_federation(cfg, secret)?;
+            let f = Arc::new(Federation::new(
+                mesh_transport,
+                fed,
+                cfg.federation.allow.iter().copied(),
+            ));
+            for h in cfg.federation.hubs.iter().filter_map(|h| h.node) {
+                f.add_hub(h);
+            }
+            (Arc::clone(&f) as Arc<dyn Transport>, Some(f))
+        } else {
+            (mesh_transport, None)
+        };
     let mut core = Config::new(transport.node_id());
     core.seed = driver::random_seed();
     core.client_port = client_addr.port();
     core.client_cert_fingerprint = fingerprint.as_bytes().to_vec();
     core.max_custody = cfg.mesh.max_custody;
     core.max_peers = cfg.mesh.max_peers;
+    core.max_custody_per_peer = cfg.federation.per_edge_quota;
+    if cfg.role == Role::Hub {
+        core.role = ROLE_HUB.into();
+    }
     let (handle, events) = MeshHandle::start(core, store, transport, cfg.mesh.hop_limit)
         .await
         .map_err(mesh_err)?;
@@ -175,12 +233,38 @@ pub(crate) async fn start(
         transport = TRANSPORT,
         "mesh links listening (ALPN ferry/mesh/1)"
     );
+    if let Some(f) = &federation {
+        tracing::info!(
+            role = cfg.role.as_str(),
+            addrs = ?f.federation_addrs(),
+            allow = cfg.federation.allow.len(),
+            hubs = cfg.federation.hubs.len(),
+            "federation endpoint up (QUIC, mutual TLS with node keys)"
+        );
+        if cfg.role == Role::Hub && cfg.federation.allow.is_empty() {
+            tracing::warn!("this hub's [federation] allow list is empty: it admits no edges");
+        }
+    }
     if !cfg.mesh.peers.is_empty() {
         tokio::spawn(
             static_peers(
                 handle.clone(),
                 secret,
                 cfg.mesh.peers.clone(),
+                None,
+                Arc::clone(&kick),
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
+    }
+    if !cfg.federation.hubs.is_empty() {
+        tokio::spawn(
+            static_peers(
+                handle.clone(),
+                secret,
+                cfg.federation.hubs.clone(),
+                federation.clone(),
                 Arc::clone(&kick),
                 stop,
             )
@@ -211,5 +295,6 @@ pub(crate) async fn start(
         handle,
         events,
         discovery,
+        federation,
     })
 }

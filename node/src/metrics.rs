@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_mesh::driver::MeshHandle;
+use ferry_mesh::driver::federation::Federation;
 use ferry_proto::{Method, Status};
 use ferry_store::{CommitObserver, Store};
 use portable_atomic::{AtomicU64, Ordering};
@@ -41,6 +42,8 @@ pub(crate) struct Counters {
     pub(crate) enqueue_mesh: AtomicU64,
     pub(crate) attach: AtomicU64,
     pub(crate) broadcast_published: AtomicU64,
+    pub(crate) federation_relayed: AtomicU64,
+    pub(crate) federation_relay_refused_quota: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -143,6 +146,7 @@ struct Scrape {
     metrics: Arc<Metrics>,
     store: Store,
     mesh: Option<MeshHandle>,
+    federation: Option<Arc<Federation>>,
 }
 
 fn counter(
@@ -199,7 +203,17 @@ impl Collector for Scrape {
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
+            (
+                "federation_relayed",
+                "Messages a hub took from another node with RelayEnqueue/RelayBatchEnqueue.",
+                &c.federation_relayed,
+            ),
+            (
+                "federation_relay_refused_quota",
+                "Relayed messages refused because the origin node had its per-edge quota in custody.",
+                &c.federation_relay_refused_quota,
+            ),
             (
                 "enqueue",
                 "Messages enqueued (stored or recognised as duplicates).",
@@ -331,6 +345,14 @@ impl Collector for Scrape {
         if let Some(mesh) = &self.mesh {
             encode_mesh(&mut enc, mesh)?;
         }
+        if let Some(f) = &self.federation {
+            counter(
+                &mut enc,
+                "federation_links_refused",
+                "Federation handshakes refused: the node is not on the allow list.",
+                f.refused(),
+            )?;
+        }
         if let Ok(s) = self.store.stats() {
             gauge(
                 &mut enc,
@@ -369,7 +391,13 @@ impl Collector for Scrape {
 
 fn encode_mesh(enc: &mut DescriptorEncoder<'_>, mesh: &MeshHandle) -> Result<(), std::fmt::Error> {
     let st = mesh.stats();
-    let counters: [(&str, &str, u64); 17] = [
+    let counters: [(&str, &str, u64); 18] = [
+        (
+            "mesh_refused_peer_quota",
+            "Bundles refused because the sending neighbour (on a hub: an edge) had its \
+             per-peer quota ([federation] per_edge_quota) in custody.",
+            st.refused_peer_quota,
+        ),
         ("mesh_links_up", "Mesh links that came up.", st.links_up),
         (
             "mesh_bundles_sent",
@@ -483,6 +511,7 @@ pub(crate) fn registry(
     metrics: &Arc<Metrics>,
     store: &Store,
     mesh: Option<MeshHandle>,
+    federation: Option<Arc<Federation>>,
 ) -> Registry {
     let mut r = Registry::default();
     r.register(
@@ -499,6 +528,7 @@ pub(crate) fn registry(
         metrics: Arc::clone(metrics),
         store: store.clone(),
         mesh,
+        federation,
     }));
     r
 }

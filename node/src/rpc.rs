@@ -58,6 +58,22 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// Prefixes the error message with `ctx` (which item of a batch failed, say).
+    pub(crate) fn context(self, ctx: &str) -> Self {
+        match pb::Error::decode(self.body.as_slice()) {
+            Ok(mut e) if self.status != Status::Ok => {
+                e.message = format!("{ctx}: {}", e.message);
+                Self {
+                    status: self.status,
+                    body: e.encode_to_vec(),
+                }
+            }
+            _ => self,
+        }
+    }
+}
+
 impl From<ProtoError> for Reply {
     fn from(e: ProtoError) -> Self {
         match e {
@@ -69,7 +85,7 @@ impl From<ProtoError> for Reply {
     }
 }
 
-fn store_error(state: &State, e: &StoreError) -> Reply {
+pub(crate) fn store_error(state: &State, e: &StoreError) -> Reply {
     match e {
         StoreError::QuotaExceeded { .. } | StoreError::DiskFull(_) => {
             inc(&state.metrics.c.resource_exhausted);
@@ -103,6 +119,18 @@ macro_rules! tri {
         }
     };
 }
+pub(crate) use tri;
+
+/// Returns the error reply of a `Result<_, Reply>`.
+macro_rules! tri_reply {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+pub(crate) use tri_reply;
 
 macro_rules! store {
     ($state:expr, $e:expr) => {
@@ -113,7 +141,7 @@ macro_rules! store {
     };
 }
 
-fn decode<M: Message + Default>(payload: &[u8]) -> Result<M, ProtoError> {
+pub(crate) fn decode<M: Message + Default>(payload: &[u8]) -> Result<M, ProtoError> {
     decode_message(payload)
 }
 
@@ -174,6 +202,12 @@ pub(crate) async fn dispatch(
         Method::Attach => attach(state, me, payload).await,
         Method::BroadcastPublish => broadcast_publish(state, payload),
         Method::BroadcastFetch => broadcast_fetch(state, payload).await,
+        Method::RelayEnqueue
+        | Method::RelayBatchEnqueue
+        | Method::ProxyFetchKeyPackage
+        | Method::ProxyFetchHybridKey
+        | Method::ProxyResolveUser
+        | Method::FederationHealth => crate::federation::dispatch(state, me, method, payload).await,
         other => Reply::err(
             Status::UnknownMethod,
             format!("{other} is not implemented by this node"),
@@ -300,7 +334,7 @@ async fn resume(state: &Arc<State>, conn: &Arc<ConnState>, payload: &[u8]) -> Re
     }
 }
 
-fn new_message(
+pub(crate) fn new_message(
     state: &State,
     me: IdentityKey,
     mailbox: MailboxAddr,
@@ -378,7 +412,14 @@ async fn push_new_message(conn: &ConnState, mailbox: &MailboxAddr, seq: u64) -> 
 
 /// Hands a message for a user whose mailbox is not here to the mesh: durable in custody when
 /// this returns, then routed hop by hop. Returns whether it was a duplicate.
-async fn to_mesh(state: &State, mesh: &MeshHandle, msg: NewMessage) -> Result<bool, Reply> {
+///
+/// `from` is the node that relayed it (federation), counted against that node's quota.
+pub(crate) async fn to_mesh(
+    state: &State,
+    mesh: &MeshHandle,
+    msg: NewMessage,
+    from: Option<NodeId>,
+) -> Result<bool, Reply> {
     let bytes = msg.payload.len() as u64;
     let rec = BundleRecord {
         mailbox: msg.mailbox,
@@ -388,7 +429,7 @@ async fn to_mesh(state: &State, mesh: &MeshHandle, msg: NewMessage) -> Result<bo
         expires_at_ms: msg.expires_at_ms,
         hop_count: 0,
         hop_limit: state.cfg.mesh.hop_limit,
-        from: None,
+        from: from.map(|n| *n.as_bytes()),
         payload: msg.payload,
     };
     let outcome = mesh
@@ -437,7 +478,7 @@ async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
     if let Some(mesh) = &state.mesh
         && mesh.is_remote(&msg.mailbox.recipient)
     {
-        return match to_mesh(state, mesh, msg).await {
+        return match to_mesh(state, mesh, msg, None).await {
             Ok(duplicate) => Reply::ok(&pb::EnqueueResponse {
                 seq: 0,
                 delivery_proof: Vec::new(),
@@ -498,7 +539,7 @@ async fn batch_enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> R
     for (i, m) in msgs.into_iter().enumerate() {
         match &state.mesh {
             Some(mesh) if mesh.is_remote(&m.mailbox.recipient) => {
-                match to_mesh(state, mesh, m).await {
+                match to_mesh(state, mesh, m, None).await {
                     Ok(dup) => {
                         if let Some(d) = duplicates.get_mut(i) {
                             *d = dup;

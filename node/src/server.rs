@@ -42,6 +42,8 @@ pub struct RunningNode {
     pub mesh_node_id: Option<NodeId>,
     /// Where mesh links listen.
     pub mesh_addrs: Vec<SocketAddr>,
+    /// Where federation links listen (a hub's `[federation] listen`; an edge's dialling port).
+    pub federation_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -161,6 +163,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         addr: cfg.listen.clone(),
         source,
     })?;
+    if cfg.role == crate::config::Role::Hub && !cfg.mesh.enabled {
+        return Err(NodeError::Mesh(
+            "role = \"hub\" carries mail over mesh links: it needs the mesh ([mesh] enabled = true)"
+                .into(),
+        ));
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let peers_kick = Arc::new(tokio::sync::Notify::new());
     let mesh = if cfg.mesh.enabled {
@@ -179,13 +187,24 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         None
     };
     let handle = mesh.as_ref().map(|m| m.handle.clone());
-    let registry = Arc::new(crate::metrics::registry(&metrics, &store, handle.clone()));
+    let federation = mesh.as_ref().and_then(|m| m.federation.clone());
+    let federation_addrs = federation
+        .as_ref()
+        .map(|f| f.federation_addrs())
+        .unwrap_or_default();
+    let registry = Arc::new(crate::metrics::registry(
+        &metrics,
+        &store,
+        handle.clone(),
+        federation.clone(),
+    ));
     let state = Arc::new(State::new(
         store,
         cfg.clone(),
         metrics,
         fingerprint,
         handle.clone(),
+        federation,
         peers_kick,
     ));
     let mut discovery = None;
@@ -231,12 +250,6 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         if let Some(m) = metrics_addr {
             tracing::info!(addr = %m, "serving /metrics and /healthz");
         }
-        if !state.cfg.hubs.is_empty() {
-            tracing::warn!(
-                hubs = ?state.cfg.hubs,
-                "federation.hubs is set, but this version does not federate yet: hubs are not dialled"
-            );
-        }
     }
     tokio::spawn(sweeper(Arc::clone(&state), stop_rx.clone()).instrument(node_span.clone()));
     let task = tokio::spawn(
@@ -254,6 +267,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         cert_created,
         mesh_node_id: handle.as_ref().map(|m| m.node_id()),
         mesh_addrs: handle.as_ref().map(|m| m.local_addrs()).unwrap_or_default(),
+        federation_addrs,
         stop: stop_tx,
         task,
     })

@@ -31,6 +31,8 @@ pub(crate) struct State {
     pub(crate) node_id: String,
     /// The mesh, unless disabled.
     pub(crate) mesh: Option<ferry_mesh::driver::MeshHandle>,
+    /// The federation endpoint (hubs, and edges with hubs).
+    pub(crate) federation: Option<Arc<ferry_mesh::driver::federation::Federation>>,
     /// Woken when a broadcast is kept, so BroadcastFetch long polls look again.
     pub(crate) broadcast: Notify,
     /// Makes the static-peer task resolve and identify its peers again at once.
@@ -67,6 +69,7 @@ impl State {
         metrics: Arc<Metrics>,
         cert_fingerprint: Fingerprint,
         mesh: Option<ferry_mesh::driver::MeshHandle>,
+        federation: Option<Arc<ferry_mesh::driver::federation::Federation>>,
         peers_kick: Arc<Notify>,
     ) -> Self {
         let limiter =
@@ -83,6 +86,7 @@ impl State {
             started: Instant::now(),
             node_id: cert_fingerprint.short(),
             mesh,
+            federation,
             broadcast: Notify::new(),
             peers_kick,
             cfg,

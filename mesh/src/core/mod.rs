@@ -434,6 +434,17 @@ impl Mesh {
         self.presence.home(user)
     }
 
+    /// A user's home node and the time of their presence claim, if known.
+    pub fn presence_of(&self, user: &IdentityKey) -> Option<(NodeId, u64)> {
+        let home = self.presence.home(user)?;
+        Some((home, self.presence.timestamp(user).unwrap_or(0)))
+    }
+
+    /// Bundles in custody here that `peer` handed us (what its per-peer quota counts).
+    pub fn custody_from(&self, peer: &NodeId) -> usize {
+        self.custody.count_from(peer)
+    }
+
     /// The next hop towards a node.
     pub fn next_hop(&self, node: &NodeId) -> Option<NodeId> {
         self.routes.next_hop(node)

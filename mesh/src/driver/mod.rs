@@ -8,6 +8,8 @@
 
 pub mod transport;
 
+#[cfg(feature = "quic")]
+pub mod federation;
 #[cfg(feature = "iroh")]
 pub mod iroh_transport;
 #[cfg(feature = "mdns")]
@@ -389,6 +391,16 @@ impl MeshHandle {
     pub fn broadcasts(&self, topic: &[u8; TOPIC_LEN], after_seq: u64) -> Vec<Kept> {
         let now = self.now();
         self.core().broadcasts(topic, after_seq, now)
+    }
+
+    /// A user's home node and presence-claim time, if known.
+    pub fn presence_of(&self, user: &IdentityKey) -> Option<(NodeId, u64)> {
+        self.core().presence_of(user)
+    }
+
+    /// Bundles in custody that `peer` handed us.
+    pub fn custody_from(&self, peer: &NodeId) -> usize {
+        self.core().custody_from(peer)
     }
 
     /// The route table.
