@@ -95,6 +95,13 @@ async fn answer(state: &State, cmd: &str) -> Value {
                     "presence": sizes.as_ref().map(|s| s.presence),
                     "custody": sizes.as_ref().map(|s| s.custody),
                 })),
+                "federation": state.federation.as_ref().map(|f| json!({
+                    "role": state.cfg.role.as_str(),
+                    "listen": f.federation_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "hubs": state.cfg.federation.hubs.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                    "allow": state.cfg.federation.allow.len(),
+                    "refused_links": f.refused(),
+                })),
             })
         }
         "peers" => match mesh {
@@ -106,6 +113,7 @@ async fn answer(state: &State, cmd: &str) -> Value {
                             "node_id": p.node.to_hex(),
                             "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                             "linked": p.linked,
+                            "hub": state.federation.as_ref().is_some_and(|f| f.is_hub(&p.node)),
                             "mdns": p.mdns,
                             "configured": p.configured,
                             "exchanged_by": p.exchanged_by.map(|n| n.to_hex()),

@@ -314,14 +314,47 @@ impl QuicTransport {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport_config());
-        let endpoint = quinn::Endpoint::server(server, addr)
+        let socket = std::net::UdpSocket::bind(addr)
             .map_err(|e| TransportError::Bind(format!("{addr}: {e}")))?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(&secret),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| TransportError::Bind(format!("{addr}: {e}")))?;
         Ok(Self { endpoint, me, key })
     }
 
     fn client_config(&self, peer: NodeId) -> Result<quinn::ClientConfig, TransportError> {
         client_config(&self.key, Some(peer))
     }
+}
+
+/// Connection ids and stateless-reset tokens keyed by the node key, so they survive a
+/// restart: when a hub is killed and comes back, the first packet an edge sends on its old
+/// connection is recognised as one of ours and answered with a reset the edge accepts, and the
+/// edge redials at once instead of waiting out the idle timeout. (With quinn's per-process
+/// random keys the new process drops such packets as carrying an invalid connection id.)
+fn endpoint_config(secret: &[u8; 32]) -> quinn::EndpointConfig {
+    let derive = |label: &[u8]| {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(label);
+        ctx.update(secret);
+        ctx.finish()
+    };
+    let reset = derive(b"ferry quic stateless reset key v1");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let cid = derive(b"ferry quic connection id key v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(key));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    cfg
 }
 
 fn raw_key(secret: &[u8; 32]) -> Arc<RawKey> {

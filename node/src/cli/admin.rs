@@ -75,7 +75,9 @@ pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
         "node", "link", "source", "seen", "fails"
     ));
     for p in rows {
-        let source = if p["configured"].as_bool() == Some(true) {
+        let source = if p["hub"].as_bool() == Some(true) {
+            "hub".to_string()
+        } else if p["configured"].as_bool() == Some(true) {
             "static".to_string()
         } else if p["mdns"].as_bool() == Some(true) {
             "mdns".to_string()
