@@ -346,9 +346,11 @@ fn endpoint_config(secret: &[u8; 32]) -> quinn::EndpointConfig {
     let reset = derive(b"ferry quic stateless reset key v1");
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
     let cid = derive(b"ferry quic connection id key v1");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&cid.as_ref()[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
+    let cid_key = cid
+        .as_ref()
+        .first_chunk::<8>()
+        .map(|b| u64::from_le_bytes(*b))
+        .unwrap_or_default();
     let mut cfg = quinn::EndpointConfig::new(Arc::new(key));
     cfg.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
