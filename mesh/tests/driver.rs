@@ -48,7 +48,7 @@ async fn node(kind: Kind, seed: u8) -> Node {
     let me = transport.node_id();
     let mut cfg = Config::new(me);
     cfg.seed = u64::from(seed);
-    let (mesh, events) = MeshHandle::start(cfg, store.clone(), transport, 16)
+    let (mesh, events) = MeshHandle::start(cfg, Arc::new(store.clone()), transport, 16)
         .await
         .unwrap();
     let addr = mesh.local_addrs()[0];
@@ -365,7 +365,9 @@ async fn custody_survives_a_restart() {
         let t: Arc<dyn Transport> =
             Arc::new(QuicTransport::bind(key(31), "127.0.0.1:0".parse().unwrap()).unwrap());
         let cfg = Config::new(t.node_id());
-        let (mesh, _ev) = MeshHandle::start(cfg, store.clone(), t, 16).await.unwrap();
+        let (mesh, _ev) = MeshHandle::start(cfg, Arc::new(store.clone()), t, 16)
+            .await
+            .unwrap();
         for n in 0..3 {
             mesh.enqueue_remote(record(&dave, n)).await.unwrap();
         }
@@ -376,7 +378,7 @@ async fn custody_survives_a_restart() {
     let t: Arc<dyn Transport> =
         Arc::new(QuicTransport::bind(key(31), "127.0.0.1:0".parse().unwrap()).unwrap());
     let me = t.node_id();
-    let (mesh, _ev) = MeshHandle::start(Config::new(me), store.clone(), t, 16)
+    let (mesh, _ev) = MeshHandle::start(Config::new(me), Arc::new(store.clone()), t, 16)
         .await
         .unwrap();
     assert_eq!(mesh.sizes().custody, 3, "{:?}", mesh.sizes());

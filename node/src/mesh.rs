@@ -224,7 +224,7 @@ pub(crate) async fn start(
     if cfg.role == Role::Hub {
         core.role = ROLE_HUB.into();
     }
-    let (handle, events) = MeshHandle::start(core, store, transport, cfg.mesh.hop_limit)
+    let (handle, events) = MeshHandle::start(core, Arc::new(store), transport, cfg.mesh.hop_limit)
         .await
         .map_err(mesh_err)?;
     tracing::info!(

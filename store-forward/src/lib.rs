@@ -34,6 +34,7 @@
 mod backend;
 mod config;
 mod custody;
+mod custody_store;
 mod error;
 mod pending;
 mod schema;
@@ -42,6 +43,7 @@ mod writer;
 
 pub use config::StoreConfig;
 pub use custody::{BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
+pub use custody_store::{CustodyStore, StoreFuture};
 pub use error::{QuotaScope, StoreError};
 pub use pending::Pending;
 pub use store::{

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::limits::{MAX_LINK_FRAME, TOPIC_LEN};
 use ferry_proto::types::{BundleDigest, IdentityKey, MailboxAddr, MessageId, NodeId};
-use ferry_store::{BundleRecord, CustodyEntry, CustodyOutcome, Store, StoreError};
+use ferry_store::{BundleRecord, CustodyEntry, CustodyOutcome, CustodyStore, StoreError};
 use portable_atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, watch};
@@ -147,7 +147,7 @@ struct Inner {
     core: Mutex<Mesh>,
     kick: Notify,
     start: Instant,
-    store: Store,
+    store: Arc<dyn CustodyStore>,
     transport: Arc<dyn Transport>,
     links: Mutex<HashMap<NodeId, LinkSlot>>,
     next_link: AtomicU64,
@@ -199,10 +199,11 @@ fn decode_claim(b: &[u8]) -> Option<Claim> {
 
 impl MeshHandle {
     /// Starts the mesh on `transport`, restoring custody, presence and the route seqno from
-    /// `store`. `cfg.me` is taken from the transport.
+    /// `store` (on a node, the redb [`ferry_store::Store`]). `cfg.me` is taken from the
+    /// transport.
     pub async fn start(
         mut cfg: Config,
-        store: Store,
+        store: Arc<dyn CustodyStore>,
         transport: Arc<dyn Transport>,
         hop_limit: u8,
     ) -> Result<(MeshHandle, mpsc::UnboundedReceiver<MeshEvent>), MeshError> {
