@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod ferry;
+mod hub;
 mod mqtt;
 mod nats;
 mod stats;
@@ -40,6 +41,36 @@ enum Command {
     CrashPublish(CrashArgs),
     /// After the server restarted: count how many of those messages it still delivers.
     CrashDrain(CrashArgs),
+    /// The node ids of the synthetic edges of `hub`, for the hub's allow list.
+    HubIds {
+        /// Edges.
+        #[arg(long, default_value_t = 50)]
+        edges: usize,
+    },
+    /// One hub under load: edges in this process relay bundles to each other through it.
+    Hub(HubArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct HubArgs {
+    /// The hub's federation address.
+    #[arg(long)]
+    hub: std::net::SocketAddr,
+    /// The hub's process id, to read its memory use from /proc.
+    #[arg(long)]
+    hub_pid: Option<u32>,
+    /// Edges (each with its own store and federation endpoint).
+    #[arg(long, default_value_t = 50)]
+    edges: usize,
+    /// Messages in all (each crosses the hub once).
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Hand-offs in flight per edge.
+    #[arg(long, default_value_t = 32)]
+    in_flight: usize,
 }
 
 /// The system under test.
@@ -166,7 +197,7 @@ impl Workload {
 }
 
 #[allow(clippy::print_stdout)]
-fn print_json(v: &serde_json::Value) {
+pub(crate) fn print_json(v: &serde_json::Value) {
     println!("{v}");
 }
 
@@ -182,6 +213,13 @@ fn main() -> anyhow::Result<()> {
             Command::Idle(a) => idle(a).await,
             Command::CrashPublish(a) => crash_publish(a).await,
             Command::CrashDrain(a) => crash_drain(a).await,
+            Command::HubIds { edges } => {
+                hub::ids(edges);
+                Ok(())
+            }
+            Command::Hub(a) => {
+                hub::run(a.hub, a.hub_pid, a.edges, a.messages, a.size, a.in_flight).await
+            }
         }
     })
 }
