@@ -471,3 +471,46 @@ async fn federation_methods_answer_allowed_nodes_only() {
     edge.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_peer_and_carry_mail_between_their_edges() {
+    let (ka, kb, k1, k2) = ([0x50; 32], [0x51; 32], [0x52; 32], [0x53; 32]);
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Hub B admits hub A; hub A dials B as its peer hub.
+    let hub_b = start_in(
+        dirs[1].path(),
+        kb,
+        hub_cfg(vec![node_id(k2), node_id(ka)], 100),
+    )
+    .await;
+    let peer_b = StaticPeer {
+        node: Some(hub_b.mesh_node_id.unwrap()),
+        addr: hub_b.federation_addrs[0].to_string(),
+    };
+    let hub_a = start_in(dirs[0].path(), ka, move |c| {
+        hub_cfg(vec![node_id(k1), node_id(kb)], 100)(c);
+        c.federation.hubs = vec![peer_b];
+    })
+    .await;
+    let e1 = start_in(dirs[2].path(), k1, edge_of(&hub_a, None)).await;
+    let e2 = start_in(dirs[3].path(), k2, edge_of(&hub_b, None)).await;
+    let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let a = login(&e1, &alice).await;
+    let b = login(&e2, &bob).await;
+    let bob_key = HybridKeyLookup::Identity(bob.public_key());
+    until(
+        "bob's presence at E1, over two hubs",
+        Duration::from_secs(20),
+        || async { a.fetch_hybrid_key(&bob_key).await.unwrap().is_some() },
+    )
+    .await;
+    for n in 0..10 {
+        a.send_text(&alice, &bob_key, &format!("via two hubs {n}"), 0, mid(3, n))
+            .await
+            .unwrap();
+    }
+    assert_eq!(receive(&b, &bob, 10).await.len(), 10);
+    for n in [e1, e2, hub_a, hub_b] {
+        n.stop().await;
+    }
+}
