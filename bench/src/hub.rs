@@ -79,7 +79,7 @@ async fn start_edge(
     let store = tokio::task::spawn_blocking(move || Store::open(path, cfg)).await??;
     let lo: SocketAddr = "127.0.0.1:0".parse()?;
     let mesh_t: Arc<dyn Transport> = Arc::new(QuicTransport::bind(secret, lo)?);
-    let fed = Federation::new(mesh_t, QuicTransport::bind(secret, lo)?, []);
+    let fed = Federation::new(mesh_t, QuicTransport::bind(secret, lo)?, [], false);
     fed.add_hub(hub);
     let transport: Arc<dyn Transport> = Arc::new(fed);
     let mut core = Config::new(transport.node_id());

@@ -206,6 +206,7 @@ pub(crate) async fn start(
                 mesh_transport,
                 fed,
                 cfg.federation.allow.iter().copied(),
+                cfg.role == Role::Hub,
             ));
             for h in cfg.federation.hubs.iter().filter_map(|h| h.node) {
                 f.add_hub(h);

@@ -237,6 +237,22 @@ async fn edges_off_the_allow_list_and_hubs_with_the_wrong_key_get_no_link() {
         || async { metric(&hub, "federation_links_refused_total").await >= 1 },
     )
     .await;
+    // Nor can it come in through the hub's mesh port instead.
+    let hub_mesh = StaticPeer {
+        node: hub.mesh_node_id,
+        addr: hub.mesh_addrs[0].to_string(),
+    };
+    let d4 = tempfile::tempdir().unwrap();
+    let sideways = start_in(d4.path(), [0x23; 32], move |c| {
+        c.mesh.peers = vec![hub_mesh]
+    })
+    .await;
+    until(
+        "the hub refuses it on the mesh port too",
+        Duration::from_secs(20),
+        || async { metric(&hub, "federation_links_refused_total").await >= 2 },
+    )
+    .await;
     // An edge that expects another key at the hub's address does not accept the hub's
     // certificate: the handshake fails on the edge's side.
     let d2 = tempfile::tempdir().unwrap();
@@ -245,6 +261,7 @@ async fn edges_off_the_allow_list_and_hubs_with_the_wrong_key_get_no_link() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(metric(&hub, "mesh_links").await, 0);
     assert_eq!(metric(&stranger, "mesh_links_up_total").await, 0);
+    assert_eq!(metric(&sideways, "mesh_links").await, 0);
     assert_eq!(metric(&fooled, "mesh_links_up_total").await, 0);
     // The hub kept serving: the allowed edge, pinned right, links.
     fooled.stop().await;
@@ -256,7 +273,7 @@ async fn edges_off_the_allow_list_and_hubs_with_the_wrong_key_get_no_link() {
         || async { metric(&good, "mesh_links").await == 1 },
     )
     .await;
-    for n in [stranger, good, hub] {
+    for n in [stranger, sideways, good, hub] {
         n.stop().await;
     }
 }

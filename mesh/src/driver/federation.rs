@@ -46,6 +46,31 @@ impl Gate {
     fn admits(&self, node: &NodeId) -> bool {
         lock(&self.allow).contains(node)
     }
+
+    /// The handshake, then the allow list: a node not on it is told why and closed.
+    fn check(self: &Arc<Self>, handshake: Incoming) -> Incoming {
+        let gate = Arc::clone(self);
+        Box::pin(async move {
+            let link = handshake.await?;
+            let peer = link.peer();
+            if gate.admits(&peer) {
+                return Ok(link);
+            }
+            gate.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                node = %peer,
+                addr = ?link.remote_addr(),
+                "refused a federation link: node not on the allow list ([federation] allow)"
+            );
+            link.close(&format!(
+                "refused: node {peer} is not on the allow list of hub {}",
+                gate.me
+            ));
+            Err(TransportError::Link(format!(
+                "federation link from {peer} refused: not on the allow list"
+            )))
+        })
+    }
 }
 
 /// The mesh transport and the federation endpoint, as one transport.
@@ -68,11 +93,14 @@ impl std::fmt::Debug for Federation {
 
 impl Federation {
     /// Joins `mesh` and `fed` (bound with the same node key). `allow` is the hub's allow list
-    /// (empty on an edge); hubs added with [`Federation::add_hub`] are admitted too.
+    /// (empty on an edge); hubs added with [`Federation::add_hub`] are admitted too. With
+    /// `guard_mesh` (a hub), links arriving on the mesh transport must be allowed as well, so
+    /// the mesh port is no way around the allow list.
     pub fn new(
         mesh: Arc<dyn Transport>,
         fed: QuicTransport,
         allow: impl IntoIterator<Item = NodeId>,
+        guard_mesh: bool,
     ) -> Self {
         let me = mesh.node_id();
         let fed = Arc::new(fed);
@@ -85,9 +113,11 @@ impl Federation {
         let (tx, rx) = mpsc::channel(64);
         let from_mesh = {
             let mesh = Arc::clone(&mesh);
+            let gate = Arc::clone(&gate);
             let tx = tx.clone();
             tokio::spawn(async move {
                 while let Some(i) = mesh.accept().await {
+                    let i = if guard_mesh { gate.check(i) } else { i };
                     if tx.send(i).await.is_err() {
                         return;
                     }
@@ -99,28 +129,7 @@ impl Federation {
             let gate = Arc::clone(&gate);
             tokio::spawn(async move {
                 while let Some(handshake) = fed.accept().await {
-                    let gate = Arc::clone(&gate);
-                    let checked: Incoming = Box::pin(async move {
-                        let link = handshake.await?;
-                        let peer = link.peer();
-                        if gate.admits(&peer) {
-                            return Ok(link);
-                        }
-                        gate.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            node = %peer,
-                            addr = ?link.remote_addr(),
-                            "refused a federation link: node not on the allow list ([federation] allow)"
-                        );
-                        link.close(&format!(
-                            "refused: node {peer} is not on the allow list of hub {}",
-                            gate.me
-                        ));
-                        Err(TransportError::Link(format!(
-                            "federation link from {peer} refused: not on the allow list"
-                        )))
-                    });
-                    if tx.send(checked).await.is_err() {
+                    if tx.send(gate.check(handshake)).await.is_err() {
                         return;
                     }
                 }
