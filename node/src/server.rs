@@ -163,9 +163,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         addr: cfg.listen.clone(),
         source,
     })?;
-    if cfg.role == crate::config::Role::Hub && !cfg.mesh.enabled {
+    if !cfg.mesh.enabled
+        && (cfg.role == crate::config::Role::Hub || !cfg.federation.hubs.is_empty())
+    {
         return Err(NodeError::Mesh(
-            "role = \"hub\" carries mail over mesh links: it needs the mesh ([mesh] enabled = true)"
+            "federation (role = \"hub\", or [federation] hubs) carries mail over mesh links: \
+             it needs the mesh ([mesh] enabled = true, no --no-mesh)"
                 .into(),
         ));
     }

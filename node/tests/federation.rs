@@ -531,3 +531,19 @@ async fn hubs_peer_and_carry_mail_between_their_edges() {
         n.stop().await;
     }
 }
+
+#[tokio::test]
+async fn federation_without_the_mesh_is_refused_at_start() {
+    for hub in [true, false] {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = config(d.path());
+        cfg.mesh.enabled = false;
+        if hub {
+            cfg.role = Role::Hub;
+        } else {
+            cfg.federation.hubs = vec!["127.0.0.1:7001".parse().unwrap()];
+        }
+        let err = ferry_node::start(cfg).await.unwrap_err().to_string();
+        assert!(err.contains("needs the mesh"), "{err}");
+    }
+}
