@@ -224,3 +224,22 @@ fn hub_links_carry_no_mesh_addresses() {
         );
     }
 }
+
+#[test]
+fn reconnect_abandons_a_dial_stuck_on_the_old_uplink() {
+    let mut m = node(|_| {}, &[]);
+    let addr: std::net::SocketAddr = "192.0.2.1:7001".parse().unwrap();
+    m.handle_discovered(0, HUB, &[addr], ferry_mesh::core::PeerSource::Static);
+    let dials = |outs: &[Output]| {
+        outs.iter()
+            .filter(|o| matches!(o, Output::Connect { peer, .. } if *peer == HUB))
+            .count()
+    };
+    assert_eq!(dials(&drain(&mut m)), 1);
+    // The dial hangs (the uplink is down); nothing redials it meanwhile.
+    m.handle_timeout(2_000);
+    assert_eq!(dials(&drain(&mut m)), 0);
+    // The WAN comes up: `ferry reconnect` dials again at once.
+    m.handle_reconnect(3_000);
+    assert_eq!(dials(&drain(&mut m)), 1);
+}

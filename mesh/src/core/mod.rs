@@ -584,11 +584,15 @@ impl Mesh {
     }
 
     /// Dial every known peer without waiting for backoffs (the uplink or a link came back).
+    /// A dial still in progress is abandoned and started afresh: it began while the uplink
+    /// was down, and its handshake is retransmitted only after seconds of backoff. (Should it
+    /// still complete, the driver keeps one of the two links.)
     pub fn handle_reconnect(&mut self, now_ms: u64) {
         for (_, p) in self.peers.iter_mut() {
             if !p.linked && p.penalty_until_ms <= now_ms {
                 p.next_dial_ms = now_ms;
                 p.failures = 0;
+                p.dialing_since = None;
             }
         }
         self.dial(now_ms);
