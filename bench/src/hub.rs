@@ -57,13 +57,6 @@ struct Edge {
     delivered: mpsc::UnboundedReceiver<MeshEvent>,
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 async fn start_edge(
     i: usize,
     dir: &std::path::Path,
@@ -101,7 +94,7 @@ async fn start_edge(
     let user = IdentityKey::from_array(user_key.verifying_key().to_bytes());
     let hybrid = HybridPublicKey::from_parts(&[7; 32], &[7; 1184]);
     let node = mesh.node_id();
-    let ts = wall_ms();
+    let ts = ferry_client::now_ms();
     let claim = Claim {
         user,
         node,
@@ -182,7 +175,7 @@ pub(crate) async fn run(
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&(i as u64).to_be_bytes());
                 id[8..].copy_from_slice(&n.to_be_bytes());
-                let now = wall_ms();
+                let now = ferry_client::now_ms();
                 let rec = BundleRecord {
                     mailbox: MailboxAddr::default_for(to),
                     message_id: MessageId::from_array(id),

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use ferry_mesh::driver::MeshHandle;
 use ferry_proto::qpq::v1 as pb;
-use ferry_proto::types::{Enqueue, Fingerprint, HybridKeyLookup, IdentityKey, MailboxAddr, NodeId};
+use ferry_proto::types::{Enqueue, Fingerprint, HybridKeyLookup, IdentityKey, NodeId};
 use ferry_proto::{Method, Status};
 
 use crate::config::Role;
-use crate::metrics::{add, inc};
+use crate::metrics::inc;
 use crate::rpc::{Reply, decode, new_message, store_error, to_mesh, tri, tri_reply};
 use crate::state::State;
 
@@ -152,21 +152,8 @@ async fn relay_one(
         inc(&state.metrics.c.federation_relayed);
         return Ok((dup, false));
     }
-    let mailbox: MailboxAddr = msg.mailbox;
-    let bytes = msg.payload.len() as u64;
-    let done = state
-        .store
-        .enqueue(msg)
-        .await
-        .map_err(|e| store_error(state, &e))?;
-    inc(&state.metrics.c.enqueue);
+    let done = crate::rpc::enqueue_local(state, msg).await?;
     inc(&state.metrics.c.federation_relayed);
-    if done.duplicate {
-        inc(&state.metrics.c.enqueue_duplicate);
-    } else {
-        add(&state.metrics.c.enqueue_bytes, bytes);
-        crate::rpc::announce(state, &mailbox, done.seq);
-    }
     Ok((done.duplicate, true))
 }
 

@@ -459,10 +459,32 @@ pub(crate) async fn to_mesh(
     }
 }
 
+/// Stores a message in a mailbox here (durable on return), counts it, and wakes the
+/// recipient's long polls and pushes.
+pub(crate) async fn enqueue_local(
+    state: &Arc<State>,
+    msg: NewMessage,
+) -> Result<ferry_store::Enqueued, Reply> {
+    let mailbox = msg.mailbox;
+    let bytes = msg.payload.len() as u64;
+    let done = state
+        .store
+        .enqueue(msg)
+        .await
+        .map_err(|e| store_error(state, &e))?;
+    inc(&state.metrics.c.enqueue);
+    if done.duplicate {
+        inc(&state.metrics.c.enqueue_duplicate);
+    } else {
+        add(&state.metrics.c.enqueue_bytes, bytes);
+        announce(state, &mailbox, done.seq);
+    }
+    Ok(done)
+}
+
 async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
     let req: pb::EnqueueRequest = tri!(decode(payload));
     let e = tri!(Enqueue::try_from(req));
-    let bytes = e.payload.len() as u64;
     let msg = match new_message(
         state,
         me,
@@ -487,15 +509,7 @@ async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
             Err(r) => r,
         };
     }
-    let mailbox = msg.mailbox;
-    let done = store!(state, state.store.enqueue(msg).await);
-    inc(&state.metrics.c.enqueue);
-    if done.duplicate {
-        inc(&state.metrics.c.enqueue_duplicate);
-    } else {
-        add(&state.metrics.c.enqueue_bytes, bytes);
-        announce(state, &mailbox, done.seq);
-    }
+    let done = tri_reply!(enqueue_local(state, msg).await);
     Reply::ok(&pb::EnqueueResponse {
         seq: done.seq,
         delivery_proof: Vec::new(),

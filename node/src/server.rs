@@ -133,6 +133,15 @@ fn bind_endpoint(listen: &str, server: quinn::ServerConfig) -> Result<quinn::End
 
 /// Starts a node: opens the store, makes or loads the certificate, binds the listeners.
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
+    if !cfg.mesh.enabled
+        && (cfg.role == crate::config::Role::Hub || !cfg.federation.hubs.is_empty())
+    {
+        return Err(NodeError::Mesh(
+            "federation (role = \"hub\", or [federation] hubs) carries mail over mesh links: \
+             it needs the mesh ([mesh] enabled = true, no --no-mesh)"
+                .into(),
+        ));
+    }
     let dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| NodeError::Io {
         path: dir.clone(),
@@ -163,15 +172,6 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         addr: cfg.listen.clone(),
         source,
     })?;
-    if !cfg.mesh.enabled
-        && (cfg.role == crate::config::Role::Hub || !cfg.federation.hubs.is_empty())
-    {
-        return Err(NodeError::Mesh(
-            "federation (role = \"hub\", or [federation] hubs) carries mail over mesh links: \
-             it needs the mesh ([mesh] enabled = true, no --no-mesh)"
-                .into(),
-        ));
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let peers_kick = Arc::new(tokio::sync::Notify::new());
     let mesh = if cfg.mesh.enabled {

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{config, mailbox};
+use common::{config, mailbox, until};
 use ed25519_dalek::SigningKey;
 use ferry_client::{Client, ConnectOptions, Identity, Trust, message};
 use ferry_mesh::driver::Transport;
@@ -79,18 +79,6 @@ async fn metric(n: &RunningNode, name: &str) -> u64 {
     out.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0)
-}
-
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) {
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn mid(round: u8, n: u16) -> MessageId {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestNode, mailbox, start_with};
+use common::{TestNode, mailbox, start_with, until};
 use ferry_client::topic::Topic;
 use ferry_client::{Client, Identity, message};
 use ferry_node::StaticPeer;
@@ -45,18 +45,6 @@ async fn login(n: &TestNode, id: &Identity) -> Client {
 
 fn mid(n: u8) -> MessageId {
     MessageId::from_array([n; 16])
-}
-
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) {
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

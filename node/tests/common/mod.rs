@@ -88,3 +88,16 @@ pub fn enqueue_req(
 pub fn seqs(envs: &[pb::Envelope]) -> Vec<u64> {
     envs.iter().map(|e| e.seq).collect()
 }
+
+/// Polls `f` every 50 ms until it holds; fails the test after `timeout`.
+pub async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) {
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
