@@ -1209,8 +1209,9 @@ impl Mesh {
         let mut local = Vec::new();
         let mut dropped = Vec::new();
         // With no route to a recipient's home, mail goes towards the nearest hub, which holds
-        // it until the home's mesh is back (hubs themselves have no default route).
-        let default_hop = self.routes.default_hop();
+        // it until the home's mesh is back (hubs themselves have no default route). Looked up
+        // once per pass, and only if some recipient needs it.
+        let mut default_hop: Option<Option<NodeId>> = None;
         for r in recipients {
             let is_local = self.is_local(&r);
             let routed = if is_local {
@@ -1222,7 +1223,11 @@ impl Mesh {
                     .filter(|nh| *nh != self.cfg.me)
             };
             let by_default = routed.is_none() && !is_local && self.presence.home(&r).is_some();
-            let next = if by_default { default_hop } else { routed };
+            let next = if by_default {
+                *default_hop.get_or_insert_with(|| self.routes.default_hop())
+            } else {
+                routed
+            };
             for d in self.custody.of_recipient(&r) {
                 let Some(e) = self.custody.get(&d).copied() else {
                     continue;
