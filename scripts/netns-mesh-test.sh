@@ -22,46 +22,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BACKLOG=${BACKLOG:-5000}
 TIMEOUT=${TIMEOUT:-60}
 
-if [ "$(id -u)" != 0 ]; then
-    echo "netns-mesh-test: needs root (network namespaces)" >&2
-    exit 1
-fi
-missing=()
-command -v ip >/dev/null || missing+=(iproute2)
-command -v jq >/dev/null || missing+=(jq)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-FERRY=${FERRY_BIN:-}
-if [ -z "$FERRY" ]; then
-    (cd "$ROOT" && cargo build --release --locked --bin ferry)
-    FERRY=$ROOT/target/release/ferry
-fi
-
 P=fy$$                       # namespace and interface prefix, unique per run
-WORK=$(mktemp -d /tmp/ferry-netns.XXXXXX)
+WORK_PREFIX=ferry-netns            # the work directory is /tmp/ferry-netns.XXXXXX
 NODES=(a b c d e)
-declare -A PID CLIENT
-FAILED=1
-
-now_ms() { date +%s%3N; }
-log() { printf '[%6.2fs] %s\n' "$(( $(now_ms) - T_START ))e-3" "$*"; }
-
-cleanup() {
-    set +e
-    for p in "${CLIENT[@]}" "${PID[@]}"; do kill -9 "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    for n in "${NODES[@]}"; do ip netns del "$P-$n" 2>/dev/null; done
-    if [ "$FAILED" = 1 ] || [ "${KEEP:-}" = 1 ]; then
-        echo "work directory and logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
+NAME=netns-mesh-test
+# shellcheck source-path=SCRIPTDIR source=lib/netns.sh
+. "$ROOT/scripts/lib/netns.sh"
 
 diagnose() {
     for n in "${NODES[@]}"; do
@@ -76,27 +42,6 @@ diagnose() {
         [ -f "$f" ] && { echo "---- $f"; tail -n 10 "$f"; }
     done
 }
-
-fail() {
-    echo "FAILED: $*" >&2
-    diagnose >&2
-    exit 1
-}
-
-# wait_for DESCRIPTION COMMAND...: retries COMMAND every 50 ms for $TIMEOUT seconds.
-wait_for() {
-    local what=$1
-    shift
-    local end=$(( $(now_ms) + TIMEOUT * 1000 ))
-    until "$@"; do
-        [ "$(now_ms)" -lt "$end" ] || fail "timed out after ${TIMEOUT}s waiting for $what"
-        sleep 0.05
-    done
-}
-
-in_ns() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
-admin() { "$FERRY" "$2" --data-dir "$WORK/$1" --json 2>/dev/null; }
-node_id() { grep -o 'mesh links listening.*node=[0-9a-f]*' "$WORK/$1.log" | tail -1 | sed 's/.*node=//'; }
 
 # Addresses: subnet i (1..4) joins node i-1 (.1) and node i (.2).
 addr() {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_client::loadgen;
 use ferry_client::{Client, ConnectOptions, Identity, Trust};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::MailboxAddr;
 use tokio::sync::Semaphore;
 
-use crate::stats::{self, Outcome, Recorder};
+use crate::stats::{Outcome, Recorder};
 use crate::{Target, Workload};
 
 struct Conn {
@@ -63,7 +64,7 @@ fn consumer_identity(dir: &Path, fresh: bool) -> anyhow::Result<Identity> {
 
 fn message_id(id: u64) -> Vec<u8> {
     let mut m = vec![0u8; 16];
-    m[..8].copy_from_slice(&stats::unix_nanos().to_be_bytes());
+    m[..8].copy_from_slice(&loadgen::unix_nanos().to_be_bytes());
     m[8..].copy_from_slice(&id.to_be_bytes());
     m
 }
@@ -84,7 +85,7 @@ async fn produce(
         let rec = Arc::clone(&rec);
         let req = pb::EnqueueRequest {
             recipient_key: recipient.clone(),
-            payload: stats::payload(n, size),
+            payload: loadgen::stamp(n, size),
             channel_id: vec![],
             ttl_secs: 3600,
             message_id: message_id(n),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ed25519_dalek::{Signer, SigningKey};
+use ferry_client::loadgen;
 use ferry_mesh::core::{Config, PeerSource};
 use ferry_mesh::driver::federation::Federation;
 use ferry_mesh::driver::quic_transport::{QuicTransport, identify};
@@ -23,8 +24,6 @@ use ferry_proto::transcript::presence_transcript;
 use ferry_proto::types::{HybridPublicKey, IdentityKey, MailboxAddr, MessageId, NodeId};
 use ferry_store::{BundleRecord, CustodyStore, Store, StoreConfig};
 use tokio::sync::mpsc;
-
-use crate::stats;
 
 /// The node key of synthetic edge `i` (deterministic, so the hub's allow list can be written
 /// before the run).
@@ -135,7 +134,7 @@ pub(crate) async fn run(
     let hub = identify(edge_secret(0), hub_addr)
         .await
         .context("identifying the hub")?;
-    let rss_base = hub_pid.and_then(stats::rss_kib).map(|r| r.0);
+    let rss_base = hub_pid.and_then(loadgen::rss_kib).map(|r| r.0);
     let t_link = Instant::now();
     let mut all = Vec::with_capacity(edges);
     for i in 0..edges {
@@ -157,7 +156,7 @@ pub(crate) async fn run(
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_idle = hub_pid.and_then(stats::rss_kib).map(|r| r.0);
+    let rss_idle = hub_pid.and_then(loadgen::rss_kib).map(|r| r.0);
 
     let per_edge = messages / edges as u64;
     let total = per_edge * edges as u64;
@@ -211,7 +210,7 @@ pub(crate) async fn run(
                 }
             }
         }
-        if let Some((rss, _)) = hub_pid.and_then(stats::rss_kib) {
+        if let Some((rss, _)) = hub_pid.and_then(loadgen::rss_kib) {
             peak = peak.max(rss);
         }
         anyhow::ensure!(
@@ -224,7 +223,7 @@ pub(crate) async fn run(
     for s in senders {
         s.await??;
     }
-    let hwm = hub_pid.and_then(stats::rss_kib).map(|r| r.1);
+    let hwm = hub_pid.and_then(loadgen::rss_kib).map(|r| r.1);
     let v = serde_json::json!({
         "edges": edges,
         "edges_linked_ms": link_ms,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_client::loadgen;
 
 mod ferry;
 mod hub;
@@ -238,14 +239,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         producers: a.producers,
         idle_timeout: a.idle_timeout,
     };
-    let rss_before = a.target.server_pid.and_then(stats::rss_kib);
+    let rss_before = a.target.server_pid.and_then(loadgen::rss_kib);
     let rec = Arc::new(Recorder::new(w.messages));
     let outcome: Outcome = match a.target.system {
         System::Ferry => ferry::run(&a.target, &w, rec).await?,
         System::Mqtt => mqtt::run(&a.target, &w, rec).await?,
         System::Nats => nats::run(&a.target, &w, rec).await?,
     };
-    let rss_after = a.target.server_pid.and_then(stats::rss_kib);
+    let rss_after = a.target.server_pid.and_then(loadgen::rss_kib);
     let mut v = outcome.to_json(&w);
     v["system"] = system_name(&a.target).into();
     v["workload"] = if w.producers == 1 {
@@ -277,7 +278,7 @@ fn system_name(t: &Target) -> String {
 
 async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.target.state_dir)?;
-    let before = a.target.server_pid.and_then(stats::rss_kib);
+    let before = a.target.server_pid.and_then(loadgen::rss_kib);
     let held: Box<dyn std::any::Any> = match a.target.system {
         System::Ferry => Box::new(ferry::idle(&a.target, a.clients).await?),
         System::Mqtt => Box::new(mqtt::idle(&a.target, a.clients).await?),
@@ -285,7 +286,7 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     };
     // Let the server settle (handshake buffers freed, timers idle).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = a.target.server_pid.and_then(stats::rss_kib);
+    let during = a.target.server_pid.and_then(loadgen::rss_kib);
     drop(held);
     let mut v = serde_json::json!({
         "system": system_name(&a.target),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_client::loadgen;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -154,7 +155,7 @@ async fn produce(
             .unwrap_or_else(|e| e.into_inner())
             .push_back((Instant::now(), permit));
         client
-            .publish(TOPIC, QoS::AtLeastOnce, false, stats::payload(n, size))
+            .publish(TOPIC, QoS::AtLeastOnce, false, loadgen::stamp(n, size))
             .await?;
     }
     let mut el = poller.await??;

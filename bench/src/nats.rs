@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
+use ferry_client::loadgen;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::stats::{self, Outcome, Recorder};
+use crate::stats::{Outcome, Recorder};
 use crate::{Target, Workload};
 
 const STREAM: &str = "FERRYBENCH";
@@ -65,7 +66,7 @@ async fn produce(
             }
         }
         let started = Instant::now();
-        let ack = js.publish(SUBJECT, stats::payload(n, size).into()).await?;
+        let ack = js.publish(SUBJECT, loadgen::stamp(n, size).into()).await?;
         let rec = Arc::clone(&rec);
         pending.push(async move {
             ack.await?;

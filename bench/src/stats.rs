@@ -4,30 +4,9 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ferry_client::loadgen::{percentile_ms, read_stamp, unix_nanos};
+
 use crate::Workload;
-
-/// Unix time in nanoseconds (the send stamp; producer and consumer share this clock).
-pub(crate) fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// A message: its id and send time, then zeros up to `size`.
-pub(crate) fn payload(id: u64, size: usize) -> Vec<u8> {
-    let mut p = vec![0u8; size.max(16)];
-    p[..8].copy_from_slice(&id.to_be_bytes());
-    p[8..16].copy_from_slice(&unix_nanos().to_be_bytes());
-    p
-}
-
-/// The id and send time of a payload; `None` if it is too short to be one of ours.
-pub(crate) fn decode(p: &[u8]) -> Option<(u64, u64)> {
-    let id = u64::from_be_bytes(p.get(..8)?.try_into().ok()?);
-    let sent = u64::from_be_bytes(p.get(8..16)?.try_into().ok()?);
-    Some((id, sent))
-}
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -75,7 +54,7 @@ impl Recorder {
         let now = unix_nanos();
         let mut g = self.lock();
         g.last_receive = Some(Instant::now());
-        match decode(payload) {
+        match read_stamp(payload) {
             Some((id, sent)) if id < self.expected => {
                 if g.seen.insert(id) {
                     g.e2e_us.push(now.saturating_sub(sent) / 1000);
@@ -137,14 +116,7 @@ impl Recorder {
 
 /// (p50, p99) in milliseconds.
 fn percentiles(sorted: &[u64]) -> (f64, f64) {
-    let at = |p: f64| {
-        if sorted.is_empty() {
-            return 0.0;
-        }
-        let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-        sorted.get(i).copied().unwrap_or(0) as f64 / 1000.0
-    };
-    (at(0.50), at(0.99))
+    (percentile_ms(sorted, 0.50), percentile_ms(sorted, 0.99))
 }
 
 /// What a run measured.
@@ -181,18 +153,6 @@ impl Outcome {
             "foreign": self.foreign,
         })
     }
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-pub(crate) fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Waits until the recorder is complete, or nothing arrived for `idle` (counting from

@@ -23,6 +23,8 @@ mod client;
 pub mod envelope;
 mod error;
 pub mod identity;
+#[cfg(feature = "loadgen")]
+pub mod loadgen;
 pub mod message;
 pub mod seen;
 pub mod topic;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_client::loadgen::{percentile_ms, read_stamp, rss_kib, stamp, unix_nanos};
 use ferry_client::{Client, ConnectOptions, Identity};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::MailboxAddr;
@@ -49,35 +50,8 @@ pub(crate) struct BenchArgs {
     no_throughput: bool,
 }
 
-fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(i).copied().unwrap_or(0) as f64 / 1000.0
 }
 
 /// Median latency of a 4 KiB append + fdatasync in `dir`: what one durable commit costs at least.
@@ -184,7 +158,7 @@ async fn throughput(
                 }
                 let now = unix_nanos();
                 for env in &batch {
-                    let (n, sent) = decode(&env.data);
+                    let (n, sent) = read_stamp(&env.data).unwrap_or((u64::MAX, 0));
                     if !seen.insert(n) {
                         dups += 1;
                     }
@@ -225,7 +199,7 @@ async fn throughput(
                 let lat_tx = lat_tx.clone();
                 let req = pb::EnqueueRequest {
                     recipient_key: recipient_key.clone(),
-                    payload: encode(n, payload_size),
+                    payload: stamp(n, payload_size),
                     channel_id: vec![],
                     ttl_secs: 3600,
                     message_id: id_for(n),
@@ -278,13 +252,13 @@ async fn throughput(
     ));
     out(&format!(
         "  enqueue->ack latency:       p50 {:.2} ms  p99 {:.2} ms",
-        percentile(&ack_lat, 0.50),
-        percentile(&ack_lat, 0.99)
+        percentile_ms(&ack_lat, 0.50),
+        percentile_ms(&ack_lat, 0.99)
     ));
     out(&format!(
         "  end-to-end latency:         p50 {:.2} ms  p99 {:.2} ms",
-        percentile(&e2e, 0.50),
-        percentile(&e2e, 0.99)
+        percentile_ms(&e2e, 0.50),
+        percentile_ms(&e2e, 0.99)
     ));
     out(&format!(
         "  received {received}/{total}, lost {}, duplicated {dups}",
@@ -377,25 +351,4 @@ fn id_for(n: u64) -> Vec<u8> {
     id[..8].copy_from_slice(&unix_nanos().to_be_bytes());
     id[8..].copy_from_slice(&n.to_be_bytes());
     id
-}
-
-fn encode(n: u64, size: usize) -> Vec<u8> {
-    let mut p = vec![0u8; size];
-    p[..8].copy_from_slice(&n.to_be_bytes());
-    p[8..16].copy_from_slice(&unix_nanos().to_be_bytes());
-    p
-}
-
-fn decode(p: &[u8]) -> (u64, u64) {
-    let n = p
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(u64::MAX);
-    let t = p
-        .get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0);
-    (n, t)
 }

@@ -1,0 +1,83 @@
+//! Helpers shared by Ferry's load generators (`ferry bench` and `ferry-bench`), so that both
+//! stamp messages, compute percentiles and read a server's memory the same way. Behind the
+//! `loadgen` feature: nothing a client application needs.
+
+/// Unix time in nanoseconds: the send stamp (producer and consumer share this clock).
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A benchmark message: its id and send time (big-endian), then zeros up to `size` (at least
+/// 16 bytes).
+pub fn stamp(id: u64, size: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(size.max(16));
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&unix_nanos().to_be_bytes());
+    p.resize(size.max(16), 0);
+    p
+}
+
+/// The id and send time of a [`stamp`]ed message; `None` if it is too short to be one.
+pub fn read_stamp(p: &[u8]) -> Option<(u64, u64)> {
+    let id = u64::from_be_bytes(p.get(..8)?.try_into().ok()?);
+    let sent = u64::from_be_bytes(p.get(8..16)?.try_into().ok()?);
+    Some((id, sent))
+}
+
+/// The `p` quantile (0.0–1.0, nearest rank) of sorted microseconds, in milliseconds; 0 when
+/// there are none.
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize;
+    sorted_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
+}
+
+/// VmRSS and VmHWM (peak) of a process, in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trips_and_short_input_is_refused() {
+        let before = unix_nanos();
+        let p = stamp(42, 256);
+        assert_eq!(p.len(), 256);
+        let (id, sent) = read_stamp(&p).unwrap();
+        assert_eq!(id, 42);
+        assert!(sent >= before && sent <= unix_nanos());
+        assert_eq!(stamp(1, 3).len(), 16);
+        assert_eq!(read_stamp(&p[..15]), None);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_in_ms() {
+        let us: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(percentile_ms(&us, 0.5), 51.0);
+        assert_eq!(percentile_ms(&us, 0.99), 99.0);
+        assert_eq!(percentile_ms(&us, 1.0), 100.0);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn reads_own_memory() {
+        let (rss, peak) = rss_kib(std::process::id()).unwrap();
+        assert!(rss > 0 && peak >= rss);
+        assert_eq!(rss_kib(u32::MAX), None);
+    }
+}
