@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use ed25519_dalek::SigningKey;
 use ferry_mesh::core::{Mesh, Output, ROLE_HUB, Stored};
 use ferry_mesh::wire::{LinkMsg, PeerRecord, RouteEntry};
 use ferry_proto::types::{IdentityKey, NodeId};
@@ -22,6 +23,22 @@ fn route(node: NodeId, seqno: u32, metric: u16, hub: bool) -> LinkMsg {
         metric,
         hub,
     }])
+}
+
+/// Links `m` to HUB: link up, the hub's Hello, and its route marked as a hub's.
+fn link_hub(m: &mut Mesh) {
+    assert!(m.handle_link_up(0, HUB, None));
+    m.handle_message(0, HUB, hello_as(HUB, ROLE_HUB));
+    m.handle_message(0, HUB, route(HUB, 1, 0, true));
+}
+
+/// `from` tells `m` that `user` is at home at FAR (in another mesh, no route known).
+fn home_is_far(m: &mut Mesh, from: NodeId, user: &SigningKey) {
+    m.handle_message(
+        0,
+        from,
+        LinkMsg::Presence(vec![claim(user, id_of(user), FAR, 1_000)]),
+    );
 }
 
 /// Offers the core made, as (to, count).
@@ -75,16 +92,10 @@ fn a_hub_advertises_itself_as_one() {
 fn mail_with_no_route_goes_to_the_nearest_hub() {
     // ME is an edge: a mesh neighbour GOOD, and a hub link.
     let mut m = node(|_| {}, &[GOOD]);
-    assert!(m.handle_link_up(0, HUB, None));
-    m.handle_message(0, HUB, hello_as(HUB, ROLE_HUB));
-    m.handle_message(0, HUB, route(HUB, 1, 0, true));
+    link_hub(&mut m);
     let bob = user(50);
     // Bob is at home in another mesh that is offline: his claim is known, no route to FAR.
-    m.handle_message(
-        0,
-        HUB,
-        LinkMsg::Presence(vec![claim(&bob, id_of(&bob), FAR, 1_000)]),
-    );
+    home_is_far(&mut m, HUB, &bob);
     assert!(m.next_hop(&FAR).is_none());
     drain(&mut m);
     let mut now = 100;
@@ -99,11 +110,7 @@ fn a_node_two_hops_from_the_hub_follows_the_default_route_too() {
     let mut m = node(|_| {}, &[GOOD]);
     m.handle_message(0, GOOD, route(HUB, 1, 1, true));
     let bob = user(51);
-    m.handle_message(
-        0,
-        GOOD,
-        LinkMsg::Presence(vec![claim(&bob, id_of(&bob), FAR, 1_000)]),
-    );
+    home_is_far(&mut m, GOOD, &bob);
     drain(&mut m);
     let mut now = 100;
     // A local client's message (custody added by the node) for Bob.
@@ -119,11 +126,7 @@ fn a_node_two_hops_from_the_hub_follows_the_default_route_too() {
     // Mail that did not come from the hub's direction goes there.
     let mut m2 = node(|_| {}, &[GOOD, EVIL]);
     m2.handle_message(0, GOOD, route(HUB, 1, 1, true));
-    m2.handle_message(
-        0,
-        GOOD,
-        LinkMsg::Presence(vec![claim(&bob, id_of(&bob), FAR, 1_000)]),
-    );
+    home_is_far(&mut m2, GOOD, &bob);
     drain(&mut m2);
     take_bundles(&mut m2, EVIL, id_of(&bob), 2, now);
     let outs = settle(&mut m2, &mut now);
@@ -136,11 +139,7 @@ fn a_hub_holds_mail_until_the_home_mesh_returns() {
     // Another hub is known too: a hub never forwards by default, even to a hub.
     hub.handle_message(0, GOOD, route(HUB, 1, 0, true));
     let bob = user(52);
-    hub.handle_message(
-        0,
-        EDGE2,
-        LinkMsg::Presence(vec![claim(&bob, id_of(&bob), FAR, 1_000)]),
-    );
+    home_is_far(&mut hub, EDGE2, &bob);
     drain(&mut hub);
     let mut now = 100;
     take_bundles(&mut hub, GOOD, id_of(&bob), 4, now);
@@ -158,15 +157,9 @@ fn the_hub_does_not_send_mail_back_to_the_edge_it_came_from() {
     // An edge receives mail from its hub for a user whose home it cannot reach: it keeps it
     // (the hub had no better route), rather than bouncing it back.
     let mut m = node(|_| {}, &[]);
-    assert!(m.handle_link_up(0, HUB, None));
-    m.handle_message(0, HUB, hello_as(HUB, ROLE_HUB));
-    m.handle_message(0, HUB, route(HUB, 1, 0, true));
+    link_hub(&mut m);
     let bob = user(53);
-    m.handle_message(
-        0,
-        HUB,
-        LinkMsg::Presence(vec![claim(&bob, id_of(&bob), FAR, 1_000)]),
-    );
+    home_is_far(&mut m, HUB, &bob);
     drain(&mut m);
     let mut now = 100;
     take_bundles(&mut m, HUB, id_of(&bob), 2, now);
@@ -178,9 +171,7 @@ fn the_hub_does_not_send_mail_back_to_the_edge_it_came_from() {
 fn a_hub_claiming_users_it_cannot_prove_gets_no_mail() {
     // The hub says Alice is at home behind it, but the claim is not signed by Alice.
     let mut m = node(|_| {}, &[GOOD]);
-    assert!(m.handle_link_up(0, HUB, None));
-    m.handle_message(0, HUB, hello_as(HUB, ROLE_HUB));
-    m.handle_message(0, HUB, route(HUB, 1, 0, true));
+    link_hub(&mut m);
     let alice = user(54);
     let hub_key = user(40);
     let forged = claim(&hub_key, id_of(&alice), HUB, 9_000);
