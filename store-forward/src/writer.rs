@@ -632,15 +632,21 @@ impl<'t> Tables<'t> {
         let mut total = 0u64;
         let mut per_recipient: HashMap<IdentityKey, (u64, u64)> = HashMap::new();
         let mut now_ms = 0;
+        // What the quota pass found in the store, so that a lone message (every Enqueue) is
+        // looked up in the dedup table once; a set may repeat an id, so a set looks again.
+        let mut stored_dup = Vec::with_capacity(ms.len());
         for m in ms {
             if m.expires_at_ms <= m.enqueued_at_ms {
                 return Err(ApplyError::Refused(StoreError::Expired));
             }
             now_ms = now_ms.max(m.enqueued_at_ms);
             let addr = schema::encode_addr(&m.mailbox);
-            if let Some((id, _)) = self.mailbox(&addr)?
-                && self.live_duplicate(m, id)?.is_some()
-            {
+            let dup = match self.mailbox(&addr)? {
+                Some((id, _)) => self.live_duplicate(m, id)?,
+                None => None,
+            };
+            stored_dup.push(dup);
+            if dup.is_some() {
                 continue;
             }
             let c = cost(m.payload.len());
@@ -652,14 +658,23 @@ impl<'t> Tables<'t> {
         if total > 0 {
             self.check_quota(cfg, now_ms, total, &per_recipient)?;
         }
+        let lone = ms.len() == 1;
         let mut out = Vec::with_capacity(ms.len());
-        for m in ms {
-            out.push(self.insert(m)?);
+        for (m, dup) in ms.iter().zip(stored_dup) {
+            out.push(match dup {
+                Some(seq) => Enqueued {
+                    seq,
+                    duplicate: true,
+                },
+                None => self.insert(m, !lone)?,
+            });
         }
         Ok(out)
     }
 
-    fn insert(&mut self, m: &NewMessage) -> Result<Enqueued, StoreError> {
+    /// Stores `m`, known not to be a live duplicate in the store before this set; with
+    /// `recheck`, an earlier message of the same set may have stored it already.
+    fn insert(&mut self, m: &NewMessage, recheck: bool) -> Result<Enqueued, StoreError> {
         let addr = schema::encode_addr(&m.mailbox);
         let (id, last_seq) = match self.mailbox(&addr)? {
             Some(v) => v,
@@ -672,7 +687,7 @@ impl<'t> Tables<'t> {
                 (id, 0)
             }
         };
-        if let Some(seq) = self.live_duplicate(m, id)? {
+        if recheck && let Some(seq) = self.live_duplicate(m, id)? {
             return Ok(Enqueued {
                 seq,
                 duplicate: true,

@@ -330,6 +330,31 @@ fn batch_is_all_or_nothing() {
 }
 
 #[test]
+fn one_message_sent_many_times_at_once_is_stored_once() {
+    // Submitted without waiting, so many of them share a group commit: each lone Enqueue
+    // must see the ones before it in the same transaction, and so must a set repeating an id.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let pending: Vec<_> = (0..32)
+        .map(|_| s.enqueue(msg(mailbox(7), 77, b"once", T0, HOUR)))
+        .collect();
+    let batch = s.enqueue_batch(vec![
+        msg(mailbox(7), 77, b"once", T0, HOUR),
+        msg(mailbox(7), 78, b"twice", T0, HOUR),
+        msg(mailbox(7), 78, b"twice", T0, HOUR),
+    ]);
+    let mut r: Vec<_> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
+    r.extend(batch.wait().unwrap());
+    assert_eq!(r.iter().filter(|e| !e.duplicate).count(), 2);
+    assert!(r[..33].iter().all(|e| e.seq == 1), "{r:?}");
+    assert_eq!((r[33].seq, r[33].duplicate, r[34].seq), (2, false, 2));
+    assert_eq!(
+        all(&s, &mailbox(7), T0),
+        vec![(1, b"once".to_vec()), (2, b"twice".to_vec())]
+    );
+}
+
+#[test]
 fn hybrid_keys_by_identity_and_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
