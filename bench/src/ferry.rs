@@ -62,13 +62,6 @@ fn consumer_identity(dir: &Path, fresh: bool) -> anyhow::Result<Identity> {
     Ok(id)
 }
 
-fn message_id(id: u64) -> Vec<u8> {
-    let mut m = vec![0u8; 16];
-    m[..8].copy_from_slice(&loadgen::unix_nanos().to_be_bytes());
-    m[8..].copy_from_slice(&id.to_be_bytes());
-    m
-}
-
 async fn produce(
     c: Arc<Client>,
     recipient: Vec<u8>,
@@ -88,7 +81,7 @@ async fn produce(
             payload: loadgen::stamp(n, size),
             channel_id: vec![],
             ttl_secs: 3600,
-            message_id: message_id(n),
+            message_id: loadgen::message_id(n),
             sealed_sender: false,
             device_id: vec![],
         };

@@ -20,6 +20,14 @@ pub fn stamp(id: u64, size: usize) -> Vec<u8> {
     p
 }
 
+/// A message id unique across runs: the time now (ns), then `n`, big-endian.
+pub fn message_id(n: u64) -> Vec<u8> {
+    let mut id = Vec::with_capacity(16);
+    id.extend_from_slice(&unix_nanos().to_be_bytes());
+    id.extend_from_slice(&n.to_be_bytes());
+    id
+}
+
 /// The id and send time of a [`stamp`]ed message; `None` if it is too short to be one.
 pub fn read_stamp(p: &[u8]) -> Option<(u64, u64)> {
     let id = u64::from_be_bytes(p.get(..8)?.try_into().ok()?);
@@ -63,6 +71,9 @@ mod tests {
         assert!(sent >= before && sent <= unix_nanos());
         assert_eq!(stamp(1, 3).len(), 16);
         assert_eq!(read_stamp(&p[..15]), None);
+        let (a, b) = (message_id(7), message_id(7));
+        assert_eq!((a.len(), &a[8..]), (16, &7u64.to_be_bytes()[..]));
+        assert!(b[..8] >= a[..8]);
     }
 
     #[test]

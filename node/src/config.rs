@@ -339,6 +339,19 @@ impl NodeConfig {
         Ok(c)
     }
 
+    /// Checks what no single key can: settings that contradict each other, once the file and
+    /// the command line are both applied.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.mesh.enabled && (self.role == Role::Hub || !self.federation.hubs.is_empty()) {
+            return Err(
+                "federation (role = \"hub\", or [federation] hubs) carries mail over mesh links: \
+                 it needs the mesh ([mesh] enabled = true, no --no-mesh)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Overlays every key the file sets; a malformed value is an error naming it.
     pub fn apply(&mut self, f: &FileConfig) -> Result<(), String> {
         if let Some(v) = &f.data_dir {
@@ -594,5 +607,20 @@ mod tests {
         let f: FileConfig = toml::from_str("[mesh]\npeers = [\"nonsense\"]").unwrap();
         let err = NodeConfig::from_file(&f).unwrap_err();
         assert!(err.contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn federation_without_the_mesh_does_not_validate() {
+        for text in [
+            "role = \"hub\"\n[mesh]\nenabled = false",
+            "[mesh]\nenabled = false\n[federation]\nhubs = [\"hub.example.org:7001\"]",
+        ] {
+            let f: FileConfig = toml::from_str(text).unwrap();
+            let err = NodeConfig::from_file(&f).unwrap().validate().unwrap_err();
+            assert!(err.contains("needs the mesh"), "{text}: {err}");
+        }
+        let f: FileConfig = toml::from_str("role = \"hub\"").unwrap();
+        assert_eq!(NodeConfig::from_file(&f).unwrap().validate(), Ok(()));
+        assert_eq!(NodeConfig::default().validate(), Ok(()));
     }
 }

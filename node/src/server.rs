@@ -133,15 +133,7 @@ fn bind_endpoint(listen: &str, server: quinn::ServerConfig) -> Result<quinn::End
 
 /// Starts a node: opens the store, makes or loads the certificate, binds the listeners.
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
-    if !cfg.mesh.enabled
-        && (cfg.role == crate::config::Role::Hub || !cfg.federation.hubs.is_empty())
-    {
-        return Err(NodeError::Mesh(
-            "federation (role = \"hub\", or [federation] hubs) carries mail over mesh links: \
-             it needs the mesh ([mesh] enabled = true, no --no-mesh)"
-                .into(),
-        ));
-    }
+    cfg.validate().map_err(NodeError::Mesh)?;
     let dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| NodeError::Io {
         path: dir.clone(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_client::loadgen::{percentile_ms, read_stamp, rss_kib, stamp, unix_nanos};
+use ferry_client::loadgen::{message_id, percentile_ms, read_stamp, rss_kib, stamp, unix_nanos};
 use ferry_client::{Client, ConnectOptions, Identity};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::MailboxAddr;
@@ -202,7 +202,7 @@ async fn throughput(
                     payload: stamp(n, payload_size),
                     channel_id: vec![],
                     ttl_secs: 3600,
-                    message_id: id_for(n),
+                    message_id: message_id(n),
                     sealed_sender: false,
                     device_id: vec![],
                 };
@@ -344,11 +344,4 @@ async fn idle(
     // the connections until its idle timeout.
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
     Ok(())
-}
-
-fn id_for(n: u64) -> Vec<u8> {
-    let mut id = vec![0u8; 16];
-    id[..8].copy_from_slice(&unix_nanos().to_be_bytes());
-    id[8..].copy_from_slice(&n.to_be_bytes());
-    id
 }

@@ -89,6 +89,7 @@ pub(crate) fn config(args: &NodeArgs, log: Option<String>) -> anyhow::Result<Nod
 pub(crate) fn run(args: NodeArgs, log: Option<String>) -> anyhow::Result<()> {
     let cfg = config(&args, log)?;
     if args.check_config {
+        cfg.validate().map_err(anyhow::Error::msg)?;
         super::out(&serde_json::to_string_pretty(&resolved(&cfg))?);
         return Ok(());
     }
