@@ -9,8 +9,10 @@
 #
 # Every build rebuilds std with the router profile (-Zbuild-std on stable through
 # RUSTC_BOOTSTRAP=1): no unwind tables, panics abort at once, std optimised for size. Links
-# with cargo-zigbuild (zig from PyPI). Output in target/dist/: binaries, .ipk packages,
-# size-report.txt. Fails if the aarch64 router package or binary is over budget.
+# with cargo-zigbuild (zig from PyPI, pinned: see ZIG_VERSION). Output in target/dist/:
+# binaries, .ipk packages, size-report.txt. Fails if the aarch64 router package or binary is
+# over budget, or if the x86_64 router node (run natively) idles with more anonymous memory
+# than its budget.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +27,13 @@ BUDGET_PACKAGE=${BUDGET_PACKAGE:-3000000}
 BUDGET_BINARY=${BUDGET_BINARY:-5500000}
 TARGET_LITE_BINARY=3000000
 ZIGBUILD_VERSION=0.24.1
+# zig supplies the musl libc the router binaries link. Pinned: from 0.16 on, zig replaces
+# musl's malloc with its own, whose calloc writes zeros over every fresh page, so each
+# zeroed buffer is resident at once (quinn's 2.9 MiB receive buffer per endpoint, for one):
+# the x86_64 router node idled at 12.0 MiB RSS with the mesh on, 6.1 MiB with musl's malloc.
+ZIG_VERSION=0.15.2
+# Idle anonymous memory allowed for the x86_64 router node (mesh on loopback, no clients).
+BUDGET_IDLE_ANON_KIB=${BUDGET_IDLE_ANON_KIB:-2048}
 
 triple() {
     case "$1" in
@@ -63,10 +72,18 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
-if ! python3 -m ziglang version >/dev/null 2>&1; then
-    echo "cross-build: installing zig (PyPI ziglang)"
-    python3 -m pip install --quiet ziglang
+if [ "$(python3 -m ziglang version 2>/dev/null)" != "$ZIG_VERSION" ]; then
+    echo "cross-build: installing zig $ZIG_VERSION (PyPI ziglang)"
+    python3 -m pip install --quiet "ziglang==$ZIG_VERSION"
 fi
+# cargo does not relink when only the linker changed: start the router builds afresh when
+# they were linked by another zig.
+if [ -d "$CROSS_DIR" ] && [ "$(cat "$CROSS_DIR/zig-version" 2>/dev/null)" != "$ZIG_VERSION" ]; then
+    echo "cross-build: $CROSS_DIR was linked by another zig; removing it"
+    rm -rf "$CROSS_DIR"
+fi
+mkdir -p "$CROSS_DIR"
+echo "$ZIG_VERSION" >"$CROSS_DIR/zig-version"
 if ! cargo-zigbuild --version 2>/dev/null | grep -qF "$ZIGBUILD_VERSION"; then
     echo "cross-build: installing cargo-zigbuild $ZIGBUILD_VERSION"
     cargo install --quiet --locked cargo-zigbuild --version "$ZIGBUILD_VERSION"
@@ -185,6 +202,30 @@ if [ "${NO_QEMU:-}" != 1 ] && [ ${#BUILT[@]} -gt 0 ]; then
     done
 fi
 
+# --- idle memory: the x86_64 router node runs natively here --------------------------------
+IDLE_MEMORY=
+idle_memory() { # sets IDLE_MEMORY to "<VmRSS KiB> <anonymous KiB>"
+    local bin w port pid
+    bin="$DIST/ferry-$(triple x86_64)"
+    w=$(mktemp -d /tmp/ferry-idle.XXXXXX)
+    port=$((20000 + RANDOM % 20000))
+    "$bin" node --data-dir "$w/data" --listen "127.0.0.1:$port" --mesh-listen 127.0.0.1:0 \
+        --no-mdns --admin-socket "$w/admin.sock" 2>"$w/node.log" &
+    pid=$!
+    for _ in $(seq 1 50); do
+        [ -S "$w/admin.sock" ] && break
+        sleep 0.2
+    done
+    sleep 3 # settled: endpoints bound, store open, timers idle
+    IDLE_MEMORY="$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status") $(awk '/^Anonymous:/ {print $2}' "/proc/$pid/smaps_rollup")"
+    kill -TERM "$pid"
+    wait "$pid" || true
+    rm -rf "$w"
+}
+for b in "${BUILT[@]}"; do
+    if [ "$b" = "full x86_64" ]; then idle_memory; fi
+done
+
 # --- size report ------------------------------------------------------------------------------
 status=0
 {
@@ -200,7 +241,21 @@ status=0
             printf '%-12s %-34s %12s %14s %24s\n' "$name" "$(triple "$t")" "$bin_size" "$(stat -c %s "$pkg")" "$arch"
         done
     done
+    if [ -n "$IDLE_MEMORY" ]; then
+        read -r rss anon <<<"$IDLE_MEMORY"
+        echo "idle x86_64 router node (mesh on loopback, no clients): RSS $rss KiB, anonymous $anon KiB"
+    fi
+    echo "linked by zig $ZIG_VERSION: musl with its own malloc"
 } | tee "$DIST/size-report.txt"
+if [ -n "$IDLE_MEMORY" ]; then
+    read -r rss anon <<<"$IDLE_MEMORY"
+    if [ "$anon" -gt "$BUDGET_IDLE_ANON_KIB" ]; then
+        echo "MEMORY BUDGET EXCEEDED: the idle x86_64 router node has $anon KiB anonymous memory (budget $BUDGET_IDLE_ANON_KIB KiB)" | tee -a "$DIST/size-report.txt"
+        status=1
+    else
+        echo "memory budget met: idle x86_64 router node $anon KiB anonymous <= $BUDGET_IDLE_ANON_KIB KiB" | tee -a "$DIST/size-report.txt"
+    fi
+fi
 for b in "${BUILT[@]}"; do
     read -r variant t <<<"$b"
     if [ "$variant $t" = "full aarch64" ]; then
