@@ -5,9 +5,10 @@
 #   ROUNDS=5 MESSAGES=200000 scripts/bench-peers.sh
 #
 # Installs mosquitto and nats-server from Debian (and matplotlib from PyPI for the plot),
-# builds the release `ferry` and `ferry-bench`, and runs the systems interleaved, round
-# after round (Ferry, Mosquitto with the default max_queued_messages, Mosquitto unbounded,
-# NATS JetStream; then again), each server fresh on loopback with its data on disk:
+# builds `ferry` with the router packages' features (for this machine) and `ferry-bench`, and
+# runs the systems interleaved, round after round (Ferry, Mosquitto with the default
+# max_queued_messages, Mosquitto unbounded, NATS JetStream; then again), each server fresh on
+# loopback with its data on disk:
 #   one-to-one   1 producer -> 1 consumer, MESSAGES x 256 B, 64 in flight
 #   fan-in       50 producers -> 1 consumer, MESSAGES x 256 B, 64 in flight each
 #   idle         1,000 connected clients: the server's RSS
@@ -42,9 +43,13 @@ fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
 
-cargo build --release --locked --bin ferry -p ferry-node
+# The node as operators install it: the router packages' features (no end-user commands, no
+# load generator, debug/trace logging compiled out), built for this machine with the release
+# profile; in a target directory of its own, so target/release keeps the developer build.
+cargo build --release --locked --bin ferry -p ferry-node --no-default-features \
+    --features router,iroh,mdns --target-dir "$ROOT/target/bench-node"
 cargo build --release --locked -p ferry-bench
-FERRY=$ROOT/target/release/ferry
+FERRY=$ROOT/target/bench-node/release/ferry
 BENCH=$ROOT/target/release/ferry-bench
 
 # Data on disk, never tmpfs: durability is what is being compared.
@@ -172,7 +177,7 @@ done
 
 config=$(
     cat <<EOF
-- Ferry $(git describe --always --dirty 2>/dev/null): \`ferry node --listen 127.0.0.1:$FERRY_PORT --rate-limit 0 --no-mesh\`, release build, data on $(df -T "$WORK" | awk 'NR==2 {print $2}'); every Enqueue is answered after its fsync'd group commit.
+- Ferry $(git describe --always --dirty 2>/dev/null): \`ferry node --listen 127.0.0.1:$FERRY_PORT --rate-limit 0 --no-mesh\`, release build with the router packages' features (\`router,iroh,mdns\`), data on $(df -T "$WORK" | awk 'NR==2 {print $2}'); every Enqueue is answered after its fsync'd group commit.
 - Mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -n1 | awk '{print $3}') (Debian): \`persistence true\`, default \`autosave_interval\` (1800 s), \`max_queued_messages\` 1000 (default) or 0 (unbounded); QoS 1, consumer with \`clean_session = false\`; rumqttc 0.25.
 - NATS $(nats-server --version 2>/dev/null | awk '{print $2}') (Debian): JetStream, file storage (no per-write sync option in 2.9; it syncs every 2 minutes), durable pull consumer with explicit acks (\`max_ack_pending\` 100,000); async-nats 0.51.
 - Workload: $MESSAGES messages of 256 B per run, 64 in flight per producer; fan-in 50 producers; idle $IDLE_CLIENTS clients; crash $CRASH_MESSAGES messages; $ROUNDS rounds interleaved; $(nproc) cores, $(uname -r).
