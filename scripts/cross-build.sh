@@ -217,6 +217,11 @@ idle_memory() { # sets IDLE_MEMORY to "<VmRSS KiB> <anonymous KiB>"
         sleep 0.2
     done
     sleep 3 # settled: endpoints bound, store open, timers idle
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "idle memory: the x86_64 router node exited" >&2
+        cat "$w/node.log" >&2
+        return 1
+    fi
     IDLE_MEMORY="$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status") $(awk '/^Anonymous:/ {print $2}' "/proc/$pid/smaps_rollup")"
     kill -TERM "$pid"
     wait "$pid" || true
