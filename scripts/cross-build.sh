@@ -2,7 +2,7 @@
 # Static release builds of `ferry` for routers, their packages, a size report with the
 # budget, and a short real run of each binary under qemu-user. No Docker needed.
 #
-#   scripts/cross-build.sh                  # aarch64, armv7 and x86_64 + the aarch64 lite build
+#   scripts/cross-build.sh                  # aarch64, armv7, x86_64, mipsel + lite for aarch64, mipsel
 #   TARGETS="aarch64" LITE_TARGETS="" scripts/cross-build.sh
 #   CHECK_TARGETS="armv7 x86_64" ...         # `cargo check` these instead of building them
 #   NO_QEMU=1 ...                            # skip the qemu runs
@@ -17,8 +17,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-TARGETS=${TARGETS-"aarch64 armv7 x86_64"}
-LITE_TARGETS=${LITE_TARGETS-"aarch64"}
+TARGETS=${TARGETS-"aarch64 armv7 x86_64 mipsel"}
+LITE_TARGETS=${LITE_TARGETS-"aarch64 mipsel"}
 CHECK_TARGETS=${CHECK_TARGETS:-}
 DIST=$ROOT/target/dist
 CROSS_DIR=$ROOT/target/cross
@@ -102,11 +102,22 @@ rustflags() {
 cargo_cross() {
     local sub=$1 t=$2 features=$3
     shift 3
+    local cmd=(cargo "$sub") last=()
+    # mipsel: the binary is linked as a plain static executable, not static-pie. In the
+    # static-pie the weak, undefined __cxa_thread_atexit_impl came out as the load address
+    # instead of null, and std called it for the first thread-local with a destructor
+    # (tokio's runtime context): SIGSEGV at the ELF header right after start. Only the final
+    # crate gets the static relocation model (`cargo rustc`): a dependency's cdylib cannot
+    # be linked with it.
+    if [ "$sub" = zigbuild ] && [ "$t" = mipsel ]; then
+        cmd=(cargo-zigbuild rustc)
+        last=(-- -Crelocation-model=static)
+    fi
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(rustflags "$t")" CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
-        cargo "$sub" --release --locked -p ferry-node --bin ferry \
+        "${cmd[@]}" --release --locked -p ferry-node --bin ferry \
         --no-default-features --features "$features" --target "$(triple "$t")" \
         -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
-        --target-dir "$CROSS_DIR" "$@"
+        --target-dir "$CROSS_DIR" "$@" "${last[@]}"
 }
 
 mkdir -p "$DIST"
