@@ -150,6 +150,18 @@ for t in $CHECK_TARGETS; do
     cargo_cross check "$t" router,iroh,mdns
 done
 
+# start_node <work dir> <port> <command...>: a router node on loopback only (mesh on
+# 127.0.0.1, no mDNS), its data and admin socket in the work dir, its log in node.log there.
+# Sets NODE_PID.
+NODE_PID=
+start_node() {
+    local w=$1 port=$2
+    shift 2
+    "$@" node --data-dir "$w/data" --listen "127.0.0.1:$port" --mesh-listen 127.0.0.1:0 \
+        --no-mdns --admin-socket "$w/admin.sock" 2>"$w/node.log" &
+    NODE_PID=$!
+}
+
 # --- qemu: --version and a short real run ---------------------------------------------------
 HOST_FERRY=${FERRY_HOST_BIN:-}
 qemu_run() { # qemu_run <variant> <target>
@@ -163,10 +175,8 @@ qemu_run() { # qemu_run <variant> <target>
     local port=$((20000 + RANDOM % 20000))
     echo "qemu: $name $t: $("$q" "$bin" --version)"
     # The node under emulation; the client is the host's ferry.
-    "$q" "$bin" node --data-dir "$w/data" --listen "127.0.0.1:$port" \
-        --mesh-listen 127.0.0.1:0 --no-mdns --admin-socket "$w/admin.sock" \
-        2>"$w/node.log" &
-    local pid=$!
+    start_node "$w" "$port" "$q" "$bin"
+    local pid=$NODE_PID
     export FERRY_KNOWN_NODES="$w/known_nodes" FERRY_NODE="127.0.0.1:$port"
     local ok=0
     for _ in $(seq 1 100); do
@@ -214,15 +224,12 @@ if [ "${NO_QEMU:-}" != 1 ] && [ ${#BUILT[@]} -gt 0 ]; then
 fi
 
 # --- idle memory: the x86_64 router node runs natively here --------------------------------
-IDLE_MEMORY=
-idle_memory() { # sets IDLE_MEMORY to "<VmRSS KiB> <anonymous KiB>"
-    local bin w port pid
-    bin="$DIST/ferry-$(triple x86_64)"
+IDLE_RSS_KIB='' IDLE_ANON_KIB=''
+idle_memory() { # sets IDLE_RSS_KIB and IDLE_ANON_KIB
+    local w pid
     w=$(mktemp -d /tmp/ferry-idle.XXXXXX)
-    port=$((20000 + RANDOM % 20000))
-    "$bin" node --data-dir "$w/data" --listen "127.0.0.1:$port" --mesh-listen 127.0.0.1:0 \
-        --no-mdns --admin-socket "$w/admin.sock" 2>"$w/node.log" &
-    pid=$!
+    start_node "$w" $((20000 + RANDOM % 20000)) "$DIST/ferry-$(triple x86_64)"
+    pid=$NODE_PID
     for _ in $(seq 1 50); do
         [ -S "$w/admin.sock" ] && break
         sleep 0.2
@@ -233,7 +240,8 @@ idle_memory() { # sets IDLE_MEMORY to "<VmRSS KiB> <anonymous KiB>"
         cat "$w/node.log" >&2
         return 1
     fi
-    IDLE_MEMORY="$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status") $(awk '/^Anonymous:/ {print $2}' "/proc/$pid/smaps_rollup")"
+    IDLE_RSS_KIB=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+    IDLE_ANON_KIB=$(awk '/^Anonymous:/ {print $2}' "/proc/$pid/smaps_rollup")
     kill -TERM "$pid"
     wait "$pid" || true
     rm -rf "$w"
@@ -257,19 +265,17 @@ status=0
             printf '%-12s %-34s %12s %14s %24s\n' "$name" "$(triple "$t")" "$bin_size" "$(stat -c %s "$pkg")" "$arch"
         done
     done
-    if [ -n "$IDLE_MEMORY" ]; then
-        read -r rss anon <<<"$IDLE_MEMORY"
-        echo "idle x86_64 router node (mesh on loopback, no clients): RSS $rss KiB, anonymous $anon KiB"
+    if [ -n "$IDLE_ANON_KIB" ]; then
+        echo "idle x86_64 router node (mesh on loopback, no clients): RSS $IDLE_RSS_KIB KiB, anonymous $IDLE_ANON_KIB KiB"
     fi
     echo "linked by zig $ZIG_VERSION: musl with its own malloc"
 } | tee "$DIST/size-report.txt"
-if [ -n "$IDLE_MEMORY" ]; then
-    read -r rss anon <<<"$IDLE_MEMORY"
-    if [ "$anon" -gt "$BUDGET_IDLE_ANON_KIB" ]; then
-        echo "MEMORY BUDGET EXCEEDED: the idle x86_64 router node has $anon KiB anonymous memory (budget $BUDGET_IDLE_ANON_KIB KiB)" | tee -a "$DIST/size-report.txt"
+if [ -n "$IDLE_ANON_KIB" ]; then
+    if [ "$IDLE_ANON_KIB" -gt "$BUDGET_IDLE_ANON_KIB" ]; then
+        echo "MEMORY BUDGET EXCEEDED: the idle x86_64 router node has $IDLE_ANON_KIB KiB anonymous memory (budget $BUDGET_IDLE_ANON_KIB KiB)" | tee -a "$DIST/size-report.txt"
         status=1
     else
-        echo "memory budget met: idle x86_64 router node $anon KiB anonymous <= $BUDGET_IDLE_ANON_KIB KiB" | tee -a "$DIST/size-report.txt"
+        echo "memory budget met: idle x86_64 router node $IDLE_ANON_KIB KiB anonymous <= $BUDGET_IDLE_ANON_KIB KiB" | tee -a "$DIST/size-report.txt"
     fi
 fi
 for b in "${BUILT[@]}"; do

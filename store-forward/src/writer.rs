@@ -632,9 +632,10 @@ impl<'t> Tables<'t> {
         let mut total = 0u64;
         let mut per_recipient: HashMap<IdentityKey, (u64, u64)> = HashMap::new();
         let mut now_ms = 0;
-        // What the quota pass found in the store, so that a lone message (every Enqueue) is
-        // looked up in the dedup table once; a set may repeat an id, so a set looks again.
-        let mut stored_dup = Vec::with_capacity(ms.len());
+        // Each message's encoded address and what the quota pass found in the store, so that
+        // a lone message (every Enqueue) is encoded and looked up in the dedup table once; a
+        // set may repeat an id, so a set looks again.
+        let mut found = Vec::with_capacity(ms.len());
         for m in ms {
             if m.expires_at_ms <= m.enqueued_at_ms {
                 return Err(ApplyError::Refused(StoreError::Expired));
@@ -645,7 +646,7 @@ impl<'t> Tables<'t> {
                 Some((id, _)) => self.live_duplicate(m, id)?,
                 None => None,
             };
-            stored_dup.push(dup);
+            found.push((addr, dup));
             if dup.is_some() {
                 continue;
             }
@@ -660,29 +661,34 @@ impl<'t> Tables<'t> {
         }
         let lone = ms.len() == 1;
         let mut out = Vec::with_capacity(ms.len());
-        for (m, dup) in ms.iter().zip(stored_dup) {
+        for (m, (addr, dup)) in ms.iter().zip(found) {
             out.push(match dup {
                 Some(seq) => Enqueued {
                     seq,
                     duplicate: true,
                 },
-                None => self.insert(m, !lone)?,
+                None => self.insert(m, &addr, !lone)?,
             });
         }
         Ok(out)
     }
 
-    /// Stores `m`, known not to be a live duplicate in the store before this set; with
-    /// `recheck`, an earlier message of the same set may have stored it already.
-    fn insert(&mut self, m: &NewMessage, recheck: bool) -> Result<Enqueued, StoreError> {
-        let addr = schema::encode_addr(&m.mailbox);
-        let (id, last_seq) = match self.mailbox(&addr)? {
+    /// Stores `m` (its mailbox encoded as `addr`), known not to be a live duplicate in the
+    /// store before this set; with `recheck`, an earlier message of the same set may have
+    /// stored it already.
+    fn insert(
+        &mut self,
+        m: &NewMessage,
+        addr: &[u8],
+        recheck: bool,
+    ) -> Result<Enqueued, StoreError> {
+        let (id, last_seq) = match self.mailbox(addr)? {
             Some(v) => v,
             None => {
                 let id = self.meta.next_mailbox;
                 self.meta.next_mailbox += 1;
                 self.meta.dirty = true;
-                self.addrs.insert(id, addr.as_slice())?;
+                self.addrs.insert(id, addr)?;
                 self.recipient_of.insert(id, m.mailbox.recipient);
                 (id, 0)
             }
@@ -702,7 +708,7 @@ impl<'t> Tables<'t> {
             payload: &m.payload,
         }
         .encode();
-        self.set_mailbox(&addr, (id, seq));
+        self.set_mailbox(addr, (id, seq));
         self.messages.insert((id, seq), record.as_slice())?;
         self.dedup
             .insert((*m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
