@@ -186,8 +186,22 @@ impl Client {
         if expected.is_none()
             && let Some(path) = &known_nodes
         {
-            KnownNodes::append(path, node, &node_cert)?;
-            tracing::info!(%node, fingerprint = %node_cert, "new node: certificate pinned");
+            match KnownNodes::pin(path, node, &node_cert)? {
+                None => {
+                    tracing::info!(%node, fingerprint = %node_cert, "new node: certificate pinned");
+                }
+                Some(pinned) if pinned == node_cert => {}
+                // Another connection pinned a different certificate for this node meanwhile.
+                Some(pinned) => {
+                    conn.close(0u32.into(), b"certificate changed");
+                    return Err(ClientError::CertificateChanged {
+                        node: node.to_string(),
+                        expected: pinned,
+                        presented: node_cert,
+                        known_nodes: path.clone(),
+                    });
+                }
+            }
         }
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(read_pushes(conn.clone(), tx));

@@ -68,6 +68,14 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
+    /// The known-nodes file is malformed.
+    #[error("known-nodes file {path}: {reason}")]
+    KnownNodes {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {

@@ -39,17 +39,32 @@ pub(crate) struct KnownNodes {
     entries: Vec<(String, Fingerprint)>,
 }
 
+/// Serialises pinning within this process: a pin re-reads the file under it, so concurrent
+/// first connections to one node record the node once.
+static PIN_LOCK: Mutex<()> = Mutex::new(());
+
 impl KnownNodes {
     pub(crate) fn load(path: &Path) -> Result<Self, ClientError> {
+        Self::read(path).map(|(known, _)| known)
+    }
+
+    /// The parsed file, and whether it is empty or ends with a newline.
+    fn read(path: &Path) -> Result<(Self, bool), ClientError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Self::default(), true));
+            }
             Err(source) => {
                 return Err(ClientError::Io {
                     path: path.to_path_buf(),
                     source,
                 });
             }
+        };
+        let malformed = |n: usize, reason: String| ClientError::KnownNodes {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {reason}", n + 1),
         };
         let mut entries = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -59,20 +74,15 @@ impl KnownNodes {
             }
             let mut parts = line.split_whitespace();
             let (Some(name), Some(fp), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(ClientError::Identity {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: expected `node fingerprint`", n + 1),
-                });
+                return Err(malformed(n, "expected `node fingerprint`".into()));
             };
             let fp = fp
                 .parse::<Fingerprint>()
-                .map_err(|e| ClientError::Identity {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: {e}", n + 1),
-                })?;
+                .map_err(|e| malformed(n, e.to_string()))?;
             entries.push((name.to_string(), fp));
         }
-        Ok(Self { entries })
+        let terminated = text.is_empty() || text.ends_with('\n');
+        Ok((Self { entries }, terminated))
     }
 
     pub(crate) fn get(&self, node: &str) -> Option<Fingerprint> {
@@ -82,7 +92,20 @@ impl KnownNodes {
             .map(|(_, fp)| *fp)
     }
 
-    pub(crate) fn append(path: &Path, node: &str, fp: &Fingerprint) -> Result<(), ClientError> {
+    /// Records `fp` as `node`'s certificate, unless the file has an entry for `node` by now
+    /// (another connection got there first): then that entry is returned and nothing written.
+    pub(crate) fn pin(
+        path: &Path,
+        node: &str,
+        fp: &Fingerprint,
+    ) -> Result<Option<Fingerprint>, ClientError> {
+        let _guard = PIN_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (known, terminated) = Self::read(path)?;
+        if let Some(existing) = known.get(node) {
+            return Ok(Some(existing));
+        }
         let io = |source| ClientError::Io {
             path: path.to_path_buf(),
             source,
@@ -95,8 +118,13 @@ impl KnownNodes {
             .append(true)
             .open(path)
             .map_err(io)?;
-        writeln!(f, "{node} {fp}").map_err(io)?;
-        f.sync_all().map_err(io)
+        // The whole line in one write: appends by other processes land before or after it,
+        // never inside it (`writeln!` on a `File` writes each piece separately).
+        let sep = if terminated { "" } else { "\n" };
+        f.write_all(format!("{sep}{node} {fp}\n").as_bytes())
+            .map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok(None)
     }
 }
 
@@ -186,12 +214,58 @@ mod tests {
         let path = dir.path().join("k");
         assert!(KnownNodes::load(&path).unwrap().get("a:1").is_none());
         let fp = Fingerprint::of(b"cert");
-        KnownNodes::append(&path, "a:1", &fp).unwrap();
-        KnownNodes::append(&path, "b:2", &Fingerprint::of(b"other")).unwrap();
+        assert_eq!(KnownNodes::pin(&path, "a:1", &fp).unwrap(), None);
+        let other = Fingerprint::of(b"other");
+        assert_eq!(KnownNodes::pin(&path, "b:2", &other).unwrap(), None);
+        // A node is pinned once: a second pin returns what the file holds.
+        assert_eq!(KnownNodes::pin(&path, "a:1", &other).unwrap(), Some(fp));
         let k = KnownNodes::load(&path).unwrap();
         assert_eq!(k.get("a:1"), Some(fp));
+        assert_eq!(k.get("b:2"), Some(other));
+        // A file edited by hand without a final newline gets one before the next entry.
+        std::fs::write(&path, format!("a:1 {fp}")).unwrap();
+        KnownNodes::pin(&path, "c:3", &other).unwrap();
+        let k = KnownNodes::load(&path).unwrap();
+        assert_eq!((k.get("a:1"), k.get("c:3")), (Some(fp), Some(other)));
         std::fs::write(&path, "# comment\n\na:1 nonsense\n").unwrap();
         let err = KnownNodes::load(&path).unwrap_err().to_string();
-        assert!(err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("known-nodes file") && err.contains("line 3"),
+            "{err}"
+        );
+    }
+
+    /// Many first connections at once (a client opening several connections to a new node)
+    /// each pin the node while the others read the file: every read parses.
+    #[test]
+    fn concurrent_first_connections_keep_the_file_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_nodes");
+        let fp = Fingerprint::of(b"cert");
+        std::thread::scope(|s| {
+            for i in 0..16 {
+                let path = &path;
+                s.spawn(move || {
+                    for j in 0..50 {
+                        let node = format!("node-{}.example:{}", i % 4, 7000 + j % 5);
+                        let known = KnownNodes::load(path).unwrap();
+                        if known.get(&node).is_none() {
+                            KnownNodes::pin(path, &node, &fp).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let known = KnownNodes::load(&path).unwrap();
+        // Each node once, even though many threads found it missing at the same time.
+        assert_eq!(known.entries.len(), 20);
+        for i in 0..4 {
+            for j in 0..5 {
+                assert_eq!(
+                    known.get(&format!("node-{i}.example:{}", 7000 + j)),
+                    Some(fp)
+                );
+            }
+        }
     }
 }

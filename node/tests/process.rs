@@ -230,6 +230,24 @@ async fn a_changed_certificate_is_refused_with_a_clear_message() {
     let dir1 = tempfile::tempdir().unwrap();
     let node = NodeProc::start(dir1.path(), "127.0.0.1:0");
     let addr = node.addr.clone();
+    // Many first connections at once (a program opening several): all get in, and the node
+    // is recorded once, in whole lines.
+    let many = known.path().join("known_nodes_many");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (addr, trust) = (
+            addr.clone(),
+            ConnectOptions::with_trust(Trust::KnownNodes(many.clone())),
+        );
+        set.spawn(async move { Client::connect(&addr, &trust).await });
+    }
+    while let Some(c) = set.join_next().await {
+        c.unwrap().unwrap().close().await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&many).unwrap(),
+        format!("{addr} {}\n", node.fingerprint)
+    );
     // First use: pinned.
     Client::connect(&addr, &trust).await.unwrap().close().await;
     let pinned = std::fs::read_to_string(&known_nodes).unwrap();
