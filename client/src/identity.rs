@@ -167,8 +167,21 @@ impl Identity {
             f.write_all(&json).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(())
+        // Publish without replacing: a link fails if another save got there first, where the
+        // `exists()` check above leaves a window in which two saves both pass it and the
+        // second rename would silently replace an identity already handed out.
+        let published = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::Identity {
+                path: path.to_path_buf(),
+                reason: "already exists; refusing to overwrite an identity".into(),
+            }),
+            // A filesystem without hard links: rename, guarded by the check above only.
+            Err(_) => std::fs::rename(&tmp, path).map_err(io),
+        };
+        // Gone already after a rename.
+        let _ = std::fs::remove_file(&tmp);
+        published
     }
 
     /// Reads an identity file and checks it is consistent.
@@ -222,6 +235,41 @@ mod tests {
         assert_eq!(back.public_key(), id.public_key());
         assert_eq!(back.hybrid_public_key(), id.hybrid_public_key());
         assert!(matches!(id.save(&path), Err(ClientError::Identity { .. })));
+    }
+
+    /// Two programs creating the default identity at once: one wins, the other is refused,
+    /// and the file holds the winner's key (never replaced under it).
+    #[test]
+    fn concurrent_saves_never_replace_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("id-{round}.json"));
+            let start = std::sync::Barrier::new(4);
+            let saved: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (path, start) = (&path, &start);
+                        s.spawn(move || {
+                            let id = Identity::generate().unwrap();
+                            start.wait();
+                            id.save(path).ok().map(|()| id.public_key())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .filter_map(|h| h.join().unwrap())
+                    .collect()
+            });
+            assert_eq!(
+                saved.len(),
+                1,
+                "round {round}: {} saves succeeded",
+                saved.len()
+            );
+            assert_eq!(Identity::load(&path).unwrap().public_key(), saved[0]);
+            assert!(!path.with_extension("tmp").exists());
+        }
     }
 
     #[test]
