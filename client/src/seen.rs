@@ -53,11 +53,18 @@ impl SeenLog {
                 order.push_back(id);
             }
         }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(io)?;
+        // A last line without its newline was cut short by a crash while it was recorded (its
+        // message was not shown yet: recording comes first). End it, or the next id recorded
+        // would be glued to it and both would be unreadable after the next restart.
+        if !text.is_empty() && !text.ends_with('\n') {
+            file.write_all(b"\n").map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
         Ok(Self {
             path: path.to_path_buf(),
             set,
@@ -81,7 +88,10 @@ impl SeenLog {
             path: self.path.clone(),
             source,
         };
-        writeln!(self.file, "{id}").map_err(io)?;
+        // One write per line (`writeln!` on a `File` writes the id and the newline separately).
+        self.file
+            .write_all(format!("{id}\n").as_bytes())
+            .map_err(io)?;
         self.file.sync_data().map_err(io)?;
         if self.order.len() > CAP {
             self.compact()?;
@@ -122,6 +132,24 @@ impl SeenLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A crash in the middle of recording an id leaves a line without its newline: the ids
+    /// recorded after the restart are still found.
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen");
+        let first = MessageId::from_array([1; 16]);
+        let next = MessageId::from_array([2; 16]);
+        std::fs::write(&path, format!("{first}\n{}", &first.to_string()[..10])).unwrap();
+        {
+            let mut s = SeenLog::open(&path).unwrap();
+            assert!(s.contains(&first));
+            s.record(next).unwrap();
+        }
+        let s = SeenLog::open(&path).unwrap();
+        assert!(s.contains(&first) && s.contains(&next));
+    }
 
     #[test]
     fn survives_reopen_and_compacts() {
