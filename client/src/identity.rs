@@ -135,11 +135,12 @@ impl Identity {
             path: path.to_path_buf(),
             source,
         };
+        let exists = || ClientError::Identity {
+            path: path.to_path_buf(),
+            reason: "already exists; refusing to overwrite an identity".into(),
+        };
         if path.exists() {
-            return Err(ClientError::Identity {
-                path: path.to_path_buf(),
-                reason: "already exists; refusing to overwrite an identity".into(),
-            });
+            return Err(exists());
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -172,10 +173,7 @@ impl Identity {
         // second rename would silently replace an identity already handed out.
         let published = match std::fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::Identity {
-                path: path.to_path_buf(),
-                reason: "already exists; refusing to overwrite an identity".into(),
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists()),
             // A filesystem without hard links: rename, guarded by the check above only.
             Err(_) => std::fs::rename(&tmp, path).map_err(io),
         };
