@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns scripts/bench-peers.sh results (JSON lines) into a table with medians, ranges and
-Ferry's ratio to each peer; prints it, writes it into docs/benchmarks.md between markers,
+each Ferry variant's ratio to each peer; prints it, writes it into docs/benchmarks.md between markers,
 and plots throughput and p99 latency per system.
 
 usage: bench-peers-report.py RESULTS.jsonl BENCHMARKS.md PLOT.png CONFIG_TEXT
@@ -49,8 +49,8 @@ def main():
     for r in rows:
         if r["system"] not in systems:
             systems.append(r["system"])
-    ferry = "ferry"
-    peers = [s for s in systems if s != ferry]
+    ferries = [s for s in systems if s.startswith("ferry")]
+    peers = [s for s in systems if s not in ferries]
     fanin = next((r["workload"] for r in rows if r["workload"].startswith("fan-in")), "fan-in 50")
     idle = next((r["workload"] for r in rows if r["workload"].startswith("idle")), "idle 1000")
 
@@ -74,14 +74,15 @@ def main():
         ("peak RSS MiB (after fan-in)", fanin, "server_peak_rss_kib", 1 / 1024, 1),
         ("crash: acknowledged kept after kill -9", "crash", "kept", 1, 0),
     ]
-    head = ["", *systems] + [f"ferry ÷ {p}" for p in peers]
+    pairs = [(f, p) for f in ferries for p in peers]
+    head = ["", *systems] + [f"{f} ÷ {p}" for f, p in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, wl, key, scale, digits in metrics:
         cells = [label]
         for s in systems:
             cells.append(fmt(values(rows, s, wl, key), scale, digits))
-        for p in peers:
-            cells.append(ratio(values(rows, ferry, wl, key), values(rows, p, wl, key)))
+        for f, p in pairs:
+            cells.append(ratio(values(rows, f, wl, key), values(rows, p, wl, key)))
         lines.append("| " + " | ".join(cells) + " |")
     crash_of = next((r["of"] for r in rows if r["workload"] == "crash" and "of" in r), None)
     rounds = len({r.get("round") for r in rows})

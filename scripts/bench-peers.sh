@@ -6,7 +6,8 @@
 #
 # Installs mosquitto and nats-server from Debian (and matplotlib from PyPI for the plot),
 # builds `ferry` with the router packages' features (for this machine) and `ferry-bench`, and
-# runs the systems interleaved, round after round (Ferry, Mosquitto with the default
+# runs the systems interleaved, round after round (Ferry with one Enqueue per message, Ferry
+# with the client library's Batcher (EnqueueMany), Mosquitto with the default
 # max_queued_messages, Mosquitto unbounded, NATS JetStream; then again), each server fresh on
 # loopback with its data on disk:
 #   one-to-one   1 producer -> 1 consumer, MESSAGES x 256 B, 64 in flight
@@ -81,6 +82,7 @@ start_ferry() {
     SERVER_PID=$!
     wait_port udp "$FERRY_PORT"
 }
+start_ferry_batched() { start_ferry "$@"; }
 mosquitto_conf() { # mosquitto_conf <data dir> <max_queued_messages>
     mkdir -p "$1"
     chown mosquitto: "$1" 2>/dev/null || true
@@ -130,11 +132,12 @@ kill9_server() {
 }
 
 # system name -> bench driver and address
-driver() { case "$1" in ferry) echo ferry ;; mosquitto*) echo mqtt ;; nats) echo nats ;; esac; }
-addr() { case "$1" in ferry) echo "127.0.0.1:$FERRY_PORT" ;; mosquitto*) echo "127.0.0.1:$MQTT_PORT" ;; nats) echo "127.0.0.1:$NATS_PORT" ;; esac; }
+driver() { case "$1" in ferry*) echo ferry ;; mosquitto*) echo mqtt ;; nats) echo nats ;; esac; }
+addr() { case "$1" in ferry*) echo "127.0.0.1:$FERRY_PORT" ;; mosquitto*) echo "127.0.0.1:$MQTT_PORT" ;; nats) echo "127.0.0.1:$NATS_PORT" ;; esac; }
 label() {
     case "$1" in
     ferry) echo ferry ;;
+    ferry_batched) echo "ferry (EnqueueMany)" ;;
     mosquitto_default) echo "mosquitto (max_queued 1000)" ;;
     mosquitto_unbounded) echo "mosquitto (max_queued 0)" ;;
     nats) echo "nats-jetstream" ;;
@@ -146,12 +149,14 @@ label() {
 bench() {
     local sys=$1 round=$2
     shift 2
-    "$BENCH" "$@" --system "$(driver "$sys")" --addr "$(addr "$sys")" \
+    local extra=()
+    if [ "$sys" = ferry_batched ]; then extra=(--batch); fi
+    "$BENCH" "$@" "${extra[@]}" --system "$(driver "$sys")" --addr "$(addr "$sys")" \
         --server-pid "$SERVER_PID" --label "$(label "$sys")" --state-dir "$data.state" |
         jq -c --argjson round "$round" '. + {round: $round}' | tee -a "$RESULTS"
 }
 
-SYSTEMS=(ferry mosquitto_default mosquitto_unbounded nats)
+SYSTEMS=(ferry ferry_batched mosquitto_default mosquitto_unbounded nats)
 for round in $(seq 1 "$ROUNDS"); do
     for sys in "${SYSTEMS[@]}"; do
         echo "--- round $round: $(label "$sys")"
@@ -177,7 +182,7 @@ done
 
 config=$(
     cat <<EOF
-- Ferry $(git describe --always --dirty 2>/dev/null): \`ferry node --listen 127.0.0.1:$FERRY_PORT --rate-limit 0 --no-mesh\`, release build with the router packages' features (\`router,iroh,mdns\`), data on $(df -T "$WORK" | awk 'NR==2 {print $2}'); every Enqueue is answered after its fsync'd group commit.
+- Ferry $(git describe --always --dirty 2>/dev/null): \`ferry node --listen 127.0.0.1:$FERRY_PORT --rate-limit 0 --no-mesh\`, release build with the router packages' features (\`router,iroh,mdns\`), data on $(df -T "$WORK" | awk 'NR==2 {print $2}'); every Enqueue is answered after its fsync'd group commit. \`ferry\` sends one Enqueue (200) per message; \`ferry (EnqueueMany)\` sends through the client library's \`Batcher\` (64 messages per request at most, 4 requests outstanding), which puts the messages waiting on a connection into one EnqueueMany (812) request, answered per message after the same commit.
 - Mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -n1 | awk '{print $3}') (Debian): \`persistence true\`, default \`autosave_interval\` (1800 s), \`max_queued_messages\` 1000 (default) or 0 (unbounded); QoS 1, consumer with \`clean_session = false\`; rumqttc 0.25.
 - NATS $(nats-server --version 2>/dev/null | awk '{print $2}') (Debian): JetStream, file storage (no per-write sync option in 2.9; it syncs every 2 minutes), durable pull consumer with explicit acks (\`max_ack_pending\` 100,000); async-nats 0.51.
 - Workload: $MESSAGES messages of 256 B per run, 64 in flight per producer; fan-in 50 producers; idle $IDLE_CLIENTS clients; crash $CRASH_MESSAGES messages; $ROUNDS rounds interleaved; $(nproc) cores, $(uname -r).

@@ -100,6 +100,10 @@ struct Target {
     /// certificate).
     #[arg(long, default_value = "target/bench-state")]
     state_dir: PathBuf,
+    /// Ferry only: send through the client library's `Batcher`, which coalesces the messages
+    /// waiting on a connection into EnqueueMany (812) requests, one stream and one commit each.
+    #[arg(long)]
+    batch: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -351,6 +351,16 @@ impl Client {
         self.call(Method::Enqueue, req).await
     }
 
+    /// EnqueueMany (812, Ferry): up to 256 Enqueues in one request and one durable commit,
+    /// answered in order. Other qpq servers answer `UnknownMethod`; [`crate::Batcher`] falls
+    /// back to one Enqueue per message then.
+    pub async fn enqueue_many(
+        &self,
+        req: &pb::EnqueueManyRequest,
+    ) -> Result<pb::EnqueueManyResponse, ClientError> {
+        self.call(Method::EnqueueMany, req).await
+    }
+
     /// BatchEnqueue (205).
     pub async fn batch_enqueue(
         &self,

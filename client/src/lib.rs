@@ -19,6 +19,7 @@
     )
 )]
 
+pub mod batch;
 mod client;
 pub mod envelope;
 mod error;
@@ -30,6 +31,7 @@ pub mod seen;
 pub mod topic;
 pub mod trust;
 
+pub use batch::{BatchOptions, Batcher};
 pub use client::{Client, ConnectOptions, PushEvent};
 pub use error::ClientError;
 pub use identity::Identity;

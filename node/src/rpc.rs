@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use ferry_mesh::core::BroadcastDropped;
 use ferry_mesh::driver::{MeshError, MeshHandle};
 use ferry_mesh::wire::Claim;
-use ferry_proto::limits::{MAX_BROADCAST_PAYLOAD, MAX_PAYLOAD, NONCE_LEN, TOPIC_LEN};
+use ferry_proto::limits::{
+    MAX_BROADCAST_PAYLOAD, MAX_ENQUEUE_MANY, MAX_PAYLOAD, NONCE_LEN, TOPIC_LEN,
+};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{
     Ack, AuthProof, BatchEnqueue, DeviceId, Enqueue, FetchHybridKeys, FetchWait, HybridKeyLookup,
@@ -192,6 +194,7 @@ pub(crate) async fn dispatch(
     match method {
         Method::Enqueue => enqueue(state, me, payload).await,
         Method::BatchEnqueue => batch_enqueue(state, me, payload).await,
+        Method::EnqueueMany => enqueue_many(state, me, payload).await,
         Method::Fetch => fetch(state, conn, me, payload),
         Method::FetchWait => fetch_wait(state, conn, me, payload).await,
         Method::Peek => peek(state, me, payload),
@@ -545,21 +548,70 @@ async fn batch_enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> R
             Err(r) => return r,
         }
     }
-    // Recipients whose mailbox is elsewhere go to the mesh, one by one; the rest in one commit.
-    let mut seqs = vec![0u64; msgs.len()];
-    let mut duplicates = vec![false; msgs.len()];
+    let stored = tri_reply!(store_many(state, msgs).await);
+    let (seqs, duplicates) = stored.into_iter().unzip();
+    Reply::ok(&pb::BatchEnqueueResponse { seqs, duplicates })
+}
+
+/// EnqueueMany (812, Ferry): several Enqueues in one request and one durable commit. Every
+/// message is validated before any is stored; a bad one fails the request, named by its index.
+async fn enqueue_many(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
+    let req: pb::EnqueueManyRequest = tri!(decode(payload));
+    if req.messages.is_empty() {
+        return Reply::from(ProtoError::Empty { field: "messages" });
+    }
+    if req.messages.len() > MAX_ENQUEUE_MANY {
+        return Reply::from(ProtoError::TooMany {
+            field: "messages",
+            max: MAX_ENQUEUE_MANY,
+            got: req.messages.len(),
+        });
+    }
+    let mut msgs = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let checked = Enqueue::try_from(m).map_err(Reply::from).and_then(|e| {
+            new_message(
+                state,
+                me,
+                e.mailbox,
+                e.payload,
+                e.ttl_secs,
+                e.message_id,
+                e.sealed_sender,
+            )
+        });
+        match checked {
+            Ok(msg) => msgs.push(msg),
+            Err(r) => return r.context(&format!("messages[{i}]")),
+        }
+    }
+    let stored = tri_reply!(store_many(state, msgs).await);
+    Reply::ok(&pb::EnqueueManyResponse {
+        results: stored
+            .into_iter()
+            .map(|(seq, duplicate)| pb::EnqueueResponse {
+                seq,
+                delivery_proof: Vec::new(),
+                duplicate,
+            })
+            .collect(),
+    })
+}
+
+/// Stores validated messages where they belong: those for mailboxes elsewhere in the mesh
+/// one by one into custody, the rest here in one durable commit. Answers `(seq, duplicate)`
+/// per message in input order (seq 0 for messages handed to the mesh), and wakes each local
+/// mailbox once, at its highest new seq.
+async fn store_many(state: &Arc<State>, msgs: Vec<NewMessage>) -> Result<Vec<(u64, bool)>, Reply> {
+    let mut out = vec![(0u64, false); msgs.len()];
     let mut local = Vec::with_capacity(msgs.len());
     let mut local_at = Vec::with_capacity(msgs.len());
     for (i, m) in msgs.into_iter().enumerate() {
         match &state.mesh {
             Some(mesh) if mesh.is_remote(&m.mailbox.recipient) => {
-                match to_mesh(state, mesh, m, None).await {
-                    Ok(dup) => {
-                        if let Some(d) = duplicates.get_mut(i) {
-                            *d = dup;
-                        }
-                    }
-                    Err(r) => return r,
+                let duplicate = to_mesh(state, mesh, m, None).await?;
+                if let Some(o) = out.get_mut(i) {
+                    o.1 = duplicate;
                 }
             }
             _ => {
@@ -568,27 +620,38 @@ async fn batch_enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> R
             }
         }
     }
-    let mailboxes: Vec<MailboxAddr> = local.iter().map(|m| m.mailbox).collect();
-    let bytes = b.payload.len() as u64;
-    let done = if local.is_empty() {
-        Vec::new()
-    } else {
-        store!(state, state.store.enqueue_batch(local).await)
-    };
-    for ((mailbox, d), i) in mailboxes.iter().zip(&done).zip(local_at) {
+    if local.is_empty() {
+        return Ok(out);
+    }
+    let sizes: Vec<(MailboxAddr, u64)> = local
+        .iter()
+        .map(|m| (m.mailbox, m.payload.len() as u64))
+        .collect();
+    let done = state
+        .store
+        .enqueue_batch(local)
+        .await
+        .map_err(|e| store_error(state, &e))?;
+    let mut wake: Vec<(MailboxAddr, u64)> = Vec::new();
+    for (((mailbox, bytes), d), i) in sizes.iter().zip(&done).zip(local_at) {
         inc(&state.metrics.c.enqueue);
         if d.duplicate {
             inc(&state.metrics.c.enqueue_duplicate);
         } else {
-            add(&state.metrics.c.enqueue_bytes, bytes);
-            announce(state, mailbox, d.seq);
+            add(&state.metrics.c.enqueue_bytes, *bytes);
+            match wake.iter_mut().find(|(m, _)| m == mailbox) {
+                Some(w) => w.1 = w.1.max(d.seq),
+                None => wake.push((*mailbox, d.seq)),
+            }
         }
-        if let (Some(s), Some(dup)) = (seqs.get_mut(i), duplicates.get_mut(i)) {
-            *s = d.seq;
-            *dup = d.duplicate;
+        if let Some(o) = out.get_mut(i) {
+            *o = (d.seq, d.duplicate);
         }
     }
-    Reply::ok(&pb::BatchEnqueueResponse { seqs, duplicates })
+    for (mailbox, seq) in &wake {
+        announce(state, mailbox, *seq);
+    }
+    Ok(out)
 }
 
 fn owner_check(me: IdentityKey, mailbox: &MailboxAddr) -> Result<(), Reply> {

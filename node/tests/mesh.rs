@@ -151,6 +151,38 @@ async fn a_batch_to_users_here_and_elsewhere_reaches_all_of_them() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].data, b"opaque to the nodes");
     }
+    // EnqueueMany takes the same split: bob's through the mesh, carol's here, in order.
+    let many = pb::EnqueueManyRequest {
+        messages: [(&bob, 1u8), (&carol, 2), (&bob, 3)]
+            .into_iter()
+            .map(|(to, i)| pb::EnqueueRequest {
+                recipient_key: to.public_key().as_bytes().to_vec(),
+                payload: vec![i],
+                channel_id: vec![],
+                ttl_secs: 0,
+                message_id: vec![i; 16],
+                sealed_sender: false,
+                device_id: vec![],
+            })
+            .collect(),
+    };
+    let r = alice_a.enqueue_many(&many).await.unwrap();
+    let seqs: Vec<u64> = r.results.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![0, 2, 0], "mesh, carol's second message, mesh");
+    let mut bobs = Vec::new();
+    while bobs.len() < 2 {
+        let got = bob_c
+            .fetch_wait(&mailbox(&bob), 10, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "bob's EnqueueMany messages did not arrive");
+        bobs.extend(got.iter().filter(|e| e.seq > 1).map(|e| e.data.clone()));
+        if let Some(last) = got.last() {
+            bob_c.ack(&mailbox(&bob), last.seq).await.unwrap();
+        }
+    }
+    bobs.sort();
+    assert_eq!(bobs, vec![vec![1u8], vec![3]]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

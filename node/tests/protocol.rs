@@ -5,7 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferry_client::{PushEvent, message};
+use std::sync::Arc;
+
+use ferry_client::{BatchOptions, Batcher, PushEvent, message};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{HybridKeyLookup, MessageId};
 use ferry_proto::{Method, Status};
@@ -202,6 +204,156 @@ async fn batch_enqueue_fans_out() {
 }
 
 #[tokio::test]
+async fn enqueue_many_stores_several_messages_in_order_in_one_request() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let (c, carol) = n.user().await;
+    let req = pb::EnqueueManyRequest {
+        messages: vec![
+            enqueue_req(&bob, b"one", Some([1; 16])),
+            enqueue_req(&carol, b"to carol", Some([2; 16])),
+            enqueue_req(&bob, b"two", None),
+            // The same id again in the same request: stored once.
+            enqueue_req(&bob, b"one again", Some([1; 16])),
+            enqueue_req(&bob, b"three", Some([3; 16])),
+        ],
+    };
+    let r = a.enqueue_many(&req).await.unwrap();
+    let got: Vec<(u64, bool)> = r.results.iter().map(|e| (e.seq, e.duplicate)).collect();
+    assert_eq!(
+        got,
+        vec![(1, false), (1, false), (2, false), (1, true), (3, false)]
+    );
+    let inbox = b.fetch(&mailbox(&bob), 10).await.unwrap();
+    let payloads: Vec<&[u8]> = inbox.iter().map(|e| e.data.as_slice()).collect();
+    assert_eq!(payloads, vec![&b"one"[..], b"two", b"three"]);
+    assert_eq!(c.fetch(&mailbox(&carol), 10).await.unwrap().len(), 1);
+    // A retry of the whole request stores nothing new (the message without an id got a
+    // random one from the node, so it is stored again: clients that retry give ids).
+    let again = a.enqueue_many(&req).await.unwrap();
+    let dups: Vec<bool> = again.results.iter().map(|e| e.duplicate).collect();
+    assert_eq!(dups, vec![true, true, false, true, true]);
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn enqueue_many_refuses_a_bad_message_by_index_and_stores_none() {
+    let n = start().await;
+    let (a, _alice) = n.user().await;
+    let (_b, bob) = n.user().await;
+    let mut bad = enqueue_req(&bob, b"bad", None);
+    bad.recipient_key.truncate(31);
+    let req = pb::EnqueueManyRequest {
+        messages: vec![enqueue_req(&bob, b"good", Some([1; 16])), bad],
+    };
+    let e = a.enqueue_many(&req).await.unwrap_err();
+    assert_eq!(e.status_code(), Some(Status::BadRequest));
+    assert!(e.to_string().contains("messages[1]: recipient_key"), "{e}");
+    let e = a
+        .enqueue_many(&pb::EnqueueManyRequest { messages: vec![] })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("messages must not be empty"), "{e}");
+    let many = (0..257u32)
+        .map(|i| enqueue_req(&bob, &i.to_be_bytes(), None))
+        .collect();
+    let e = a
+        .enqueue_many(&pb::EnqueueManyRequest { messages: many })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("257 entries, at most 256"), "{e}");
+    assert_eq!(a.health().await.unwrap().queue_depth, 0, "nothing stored");
+    // Not authenticated: refused like Enqueue.
+    let anon = n.client().await;
+    let e = anon
+        .enqueue_many(&pb::EnqueueManyRequest {
+            messages: vec![enqueue_req(&bob, b"x", None)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status_code(), Some(Status::Unauthorized));
+    // The node keeps serving the same connection.
+    assert_eq!(
+        a.enqueue_many(&pb::EnqueueManyRequest {
+            messages: vec![enqueue_req(&bob, b"good", Some([1; 16]))],
+        })
+        .await
+        .unwrap()
+        .results[0]
+            .seq,
+        1
+    );
+    n.node.stop().await;
+}
+
+#[tokio::test]
+async fn batcher_coalesces_concurrent_sends_and_answers_each_message() {
+    let n = start_with(|c| c.metrics = Some("127.0.0.1:0".into())).await;
+    let (a, _alice) = n.user().await;
+    let (b, bob) = n.user().await;
+    let batcher = Batcher::new(Arc::new(a), BatchOptions::default());
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..300u32 {
+        let mut req = enqueue_req(&bob, &i.to_be_bytes(), None);
+        if i == 150 {
+            req.recipient_key.truncate(31);
+        }
+        let batcher = batcher.clone();
+        sends.spawn(async move { (i, batcher.enqueue(req).await) });
+    }
+    let mut ok = 0;
+    while let Some(r) = sends.join_next().await {
+        match r.unwrap() {
+            (150, Err(e)) => assert_eq!(e.status_code(), Some(Status::BadRequest), "{e}"),
+            (i, Ok(resp)) if i != 150 => {
+                assert!(!resp.duplicate && resp.seq > 0);
+                ok += 1;
+            }
+            (i, other) => panic!("message {i}: {other:?}"),
+        }
+    }
+    assert_eq!(ok, 299);
+    // Every good message stored once, the bad one not at all.
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let got = b.fetch(&mailbox(&bob), 1024).await.unwrap();
+        let Some(last) = got.last().map(|e| e.seq) else {
+            break;
+        };
+        for e in &got {
+            assert!(seen.insert(e.data.clone()), "shown twice");
+        }
+        b.ack(&mailbox(&bob), last).await.unwrap();
+    }
+    assert_eq!(seen.len(), 299);
+    assert!(!seen.contains(150u32.to_be_bytes().as_slice()));
+    // Fewer requests than messages: most went out as EnqueueMany.
+    let m = http_get(n.node.metrics_addr.unwrap(), "/metrics").await;
+    let count = |line: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let many = count("requests_total{method=\"EnqueueMany\",status=\"Ok\"}");
+    let plain = count("requests_total{method=\"Enqueue\",status=\"Ok\"}");
+    assert!(many > 0, "no EnqueueMany in\n{m}");
+    // The batch holding the bad message was refused whole, and its messages were sent again
+    // one by one (the test runtime has one thread: the 300 sends queue before the first batch).
+    let refused = count("requests_total{method=\"EnqueueMany\",status=\"BadRequest\"}");
+    assert_eq!(refused, 1, "{m}");
+    assert!(
+        plain >= 63,
+        "{plain} plain Enqueues after the refused batch"
+    );
+    assert!(
+        many + plain < 150,
+        "{many} EnqueueMany and {plain} Enqueue for 300 messages"
+    );
+    n.node.stop().await;
+}
+
+#[tokio::test]
 async fn hybrid_keys_by_key_fingerprint_and_batch() {
     let n = start().await;
     let (a, alice) = n.user().await;
@@ -334,18 +486,7 @@ async fn metrics_and_healthz_over_http() {
     let (_b, bob) = n.user().await;
     a.enqueue(&enqueue_req(&bob, b"x", None)).await.unwrap();
     let addr = n.node.metrics_addr.unwrap();
-    let get = |path: &'static str| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let get = |path: &'static str| http_get(addr, path);
     let m = get("/metrics").await;
     for name in [
         "enqueue_total 1",

@@ -42,6 +42,8 @@ pub const FINGERPRINT_LEN: usize = 32;
 pub const MAX_MESSAGE_LEN: usize = MAX_PAYLOAD - 1024;
 /// Recipients of one BatchEnqueue.
 pub const MAX_BATCH_RECIPIENTS: usize = 256;
+/// Messages of one EnqueueMany (Ferry, 812).
+pub const MAX_ENQUEUE_MANY: usize = 256;
 /// Keys of one FetchHybridKeys.
 pub const MAX_KEYS_PER_FETCH: usize = 256;
 /// Envelopes returned by one Fetch/Peek/FetchWait when the request says 0.

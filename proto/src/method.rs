@@ -1,4 +1,4 @@
-//! Method ids (u16) of qpq v2, the documented table of 49 plus Ferry's 104-107 and 810-811, and the push
+//! Method ids (u16) of qpq v2, the documented table of 49 plus Ferry's 104-107 and 810-812, and the push
 //! event types 1000-1003. Ids are stable and never reused.
 //!
 //! A node implements a subset; any other id, listed here or not, is answered with
@@ -102,6 +102,8 @@ pub mod ids {
     pub const BROADCAST_PUBLISH: u16 = 810;
     /// `BroadcastFetch` (811). Ferry.
     pub const BROADCAST_FETCH: u16 = 811;
+    /// `EnqueueMany` (812). Ferry.
+    pub const ENQUEUE_MANY: u16 = 812;
     /// `RelayEnqueue` (900).
     pub const RELAY_ENQUEUE: u16 = 900;
     /// `RelayBatchEnqueue` (901).
@@ -126,7 +128,7 @@ pub mod ids {
     pub const PUSH_MEMBERSHIP: u16 = 1003;
 }
 
-/// A known method of the qpq v2 table (documented ids and Ferry's 104-106).
+/// A known method of the qpq v2 table (documented ids and Ferry's 104-107 and 810-812).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
 #[non_exhaustive]
@@ -227,6 +229,8 @@ pub enum Method {
     BroadcastPublish = 810,
     /// 811. Ferry.
     BroadcastFetch = 811,
+    /// 812. Ferry.
+    EnqueueMany = 812,
     /// 900.
     RelayEnqueue = 900,
     /// 901.
@@ -245,7 +249,7 @@ pub enum Method {
 
 impl Method {
     /// Every known method, in id order.
-    pub const ALL: [Method; 55] = [
+    pub const ALL: [Method; 56] = [
         Method::OpaqueRegisterStart,
         Method::OpaqueRegisterFinish,
         Method::OpaqueLoginStart,
@@ -294,6 +298,7 @@ impl Method {
         Method::Health,
         Method::BroadcastPublish,
         Method::BroadcastFetch,
+        Method::EnqueueMany,
         Method::RelayEnqueue,
         Method::RelayBatchEnqueue,
         Method::ProxyFetchKeyPackage,
@@ -364,6 +369,7 @@ impl Method {
             Method::Health => "Health",
             Method::BroadcastPublish => "BroadcastPublish",
             Method::BroadcastFetch => "BroadcastFetch",
+            Method::EnqueueMany => "EnqueueMany",
             Method::RelayEnqueue => "RelayEnqueue",
             Method::RelayBatchEnqueue => "RelayBatchEnqueue",
             Method::ProxyFetchKeyPackage => "ProxyFetchKeyPackage",

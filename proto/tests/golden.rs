@@ -187,8 +187,8 @@ fn documented_field_numbers_golden() {
 
 #[test]
 fn method_table_is_complete_and_stable() {
-    // 49 documented ids plus Ferry's 104-107 and 810-811.
-    assert_eq!(Method::ALL.len(), 55);
+    // 49 documented ids plus Ferry's 104-107 and 810-812.
+    assert_eq!(Method::ALL.len(), 56);
     for m in Method::ALL {
         assert_eq!(Method::from_id(m.id()), Some(m), "{m}");
     }
@@ -199,6 +199,7 @@ fn method_table_is_complete_and_stable() {
     assert_eq!(Method::from_id(107), Some(Method::Attach));
     assert_eq!(Method::from_id(810), Some(Method::BroadcastPublish));
     assert_eq!(Method::from_id(811), Some(Method::BroadcastFetch));
+    assert_eq!(Method::from_id(812), Some(Method::EnqueueMany));
     assert_eq!(Method::from_id(999), None);
     assert_eq!(ids::FETCH_HYBRID_KEYS, 304);
     assert_eq!(ids::DELETE_ACCOUNT, 950);

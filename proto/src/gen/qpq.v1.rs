@@ -196,6 +196,20 @@ pub struct EnqueueResponse {
     #[prost(bool, tag = "3")]
     pub duplicate: bool,
 }
+/// 812 EnqueueMany (Ferry): up to 256 Enqueues in one request (one stream, one frame), stored in
+/// one durable commit and answered in request order, one EnqueueResponse per message. All or
+/// nothing: a message that fails validation fails the request, naming its index, and none is
+/// stored.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EnqueueManyRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub messages: ::prost::alloc::vec::Vec<EnqueueRequest>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EnqueueManyResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<EnqueueResponse>,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FetchRequest {
     #[prost(bytes = "vec", tag = "1")]

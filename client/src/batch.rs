@@ -1,0 +1,209 @@
+//! Coalesced sending: concurrent Enqueues from one application become few EnqueueMany (812)
+//! requests, each one stream and one durable commit on the node.
+//!
+//! Nothing waits to fill a batch. A request goes out as soon as one of the `in_flight` batch
+//! slots is free, with whatever else is queued by then; batches only grow while the node is
+//! busy with earlier ones, so a lone message costs what a plain Enqueue costs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferry_proto::Status;
+use ferry_proto::limits::{MAX_ENQUEUE_MANY, MESSAGE_ID_LEN};
+use ferry_proto::qpq::v1 as pb;
+use prost::Message;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::{Client, ClientError};
+
+/// Request bytes one batch carries at most (a single larger message goes alone).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How a [`Batcher`] groups messages.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchOptions {
+    /// Messages per EnqueueMany at most (1..=256).
+    pub max_messages: usize,
+    /// EnqueueMany requests outstanding at once.
+    pub in_flight: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            max_messages: 64,
+            in_flight: 4,
+        }
+    }
+}
+
+type Answer = oneshot::Sender<Result<pb::EnqueueResponse, ClientError>>;
+
+struct Job {
+    req: pb::EnqueueRequest,
+    answer: Answer,
+}
+
+/// Sends Enqueues over one connection, several per request when several are waiting.
+///
+/// Each [`Batcher::enqueue`] returns that message's own answer, after the node stored it
+/// durably, exactly like [`Client::enqueue`]. Messages without a `message_id` get a random
+/// one first, so that a batch the node refused can be retried message by message without
+/// storing anything twice. Against a server without EnqueueMany (other qpq servers, older
+/// Ferry nodes) it sends one Enqueue per message. Needs a tokio runtime; the background task
+/// ends when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Batcher {
+    /// Starts batching over `client`.
+    pub fn new(client: Arc<Client>, opts: BatchOptions) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let max = opts.max_messages.clamp(1, MAX_ENQUEUE_MANY);
+        tokio::spawn(run(client, rx, max, opts.in_flight.max(1)));
+        Self { tx }
+    }
+
+    /// Enqueue (200) through the batcher: resolves when the node answered for this message.
+    pub async fn enqueue(
+        &self,
+        mut req: pb::EnqueueRequest,
+    ) -> Result<pb::EnqueueResponse, ClientError> {
+        if req.message_id.is_empty() {
+            req.message_id = crate::random::<MESSAGE_ID_LEN>()?.to_vec();
+        }
+        let (answer, rx) = oneshot::channel();
+        self.tx
+            .send(Job { req, answer })
+            .map_err(|_| ClientError::Stream("the batcher has stopped".into()))?;
+        rx.await
+            .map_err(|_| ClientError::Stream("the batcher has stopped".into()))?
+    }
+}
+
+async fn run(
+    client: Arc<Client>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    max: usize,
+    in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let plain = Arc::new(AtomicBool::new(false));
+    let mut carry: Option<Job> = None;
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let mut bytes = first.req.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < max {
+            let Ok(j) = rx.try_recv() else { break };
+            let len = j.req.encoded_len();
+            if bytes + len > MAX_BATCH_BYTES {
+                carry = Some(j);
+                break;
+            }
+            bytes += len;
+            batch.push(j);
+        }
+        let client = Arc::clone(&client);
+        let plain = Arc::clone(&plain);
+        tokio::spawn(async move {
+            send(&client, batch, &plain).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn send(client: &Arc<Client>, batch: Vec<Job>, plain: &AtomicBool) {
+    if batch.len() == 1 || plain.load(Ordering::Relaxed) {
+        return one_by_one(client, batch).await;
+    }
+    let (reqs, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.req, j.answer)).unzip();
+    let req = pb::EnqueueManyRequest { messages: reqs };
+    match client.enqueue_many(&req).await {
+        Ok(resp) if resp.results.len() == answers.len() => {
+            for (answer, r) in answers.into_iter().zip(resp.results) {
+                let _ = answer.send(Ok(r));
+            }
+        }
+        Ok(resp) => {
+            let n = (resp.results.len(), answers.len());
+            for answer in answers {
+                let _ = answer.send(Err(ClientError::Stream(format!(
+                    "EnqueueMany answered {} results for {} messages",
+                    n.0, n.1
+                ))));
+            }
+        }
+        // A refused batch stored nothing, or (with a storage error midway) only messages whose
+        // ids are known now: each message is retried alone and gets its own answer.
+        Err(e) if matches!(e.status_code(), Some(Status::UnknownMethod)) => {
+            plain.store(true, Ordering::Relaxed);
+            retry_alone(client, req.messages, answers).await;
+        }
+        Err(e)
+            if matches!(
+                e.status_code(),
+                Some(Status::BadRequest | Status::PayloadTooLarge)
+            ) =>
+        {
+            retry_alone(client, req.messages, answers).await;
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(share(&e)));
+            }
+        }
+    }
+}
+
+async fn retry_alone(client: &Arc<Client>, reqs: Vec<pb::EnqueueRequest>, answers: Vec<Answer>) {
+    let jobs = reqs
+        .into_iter()
+        .zip(answers)
+        .map(|(req, answer)| Job { req, answer })
+        .collect();
+    one_by_one(client, jobs).await;
+}
+
+/// Plain Enqueues, all outstanding at once.
+async fn one_by_one(client: &Arc<Client>, jobs: Vec<Job>) {
+    let mut calls = tokio::task::JoinSet::new();
+    for j in jobs {
+        let client = Arc::clone(client);
+        calls.spawn(async move {
+            let r = client.enqueue(&j.req).await;
+            let _ = j.answer.send(r);
+        });
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+/// The same error for each message of a failed batch.
+fn share(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Status {
+            method,
+            status,
+            message,
+            retry_after_ms,
+        } => ClientError::Status {
+            method: method.clone(),
+            status: *status,
+            message: message.clone(),
+            retry_after_ms: *retry_after_ms,
+        },
+        ClientError::Connection(c) => ClientError::Connection(c.clone()),
+        other => ClientError::Stream(other.to_string()),
+    }
+}
