@@ -1,5 +1,6 @@
-//! Ferry through the client library: Enqueue (answered after the fsync'd group commit),
-//! FetchWait and Ack. Payloads are opaque bytes: the node never looks inside, and sealing
+//! Ferry through the client library: Enqueue (answered after the fsync'd group commit) or,
+//! with `--batch`, the library's `Batcher` (EnqueueMany, answered per message after the same
+//! commit), FetchWait and Ack. Payloads are opaque bytes: the node never looks inside, and sealing
 //! them would measure the benchmark's CPU, not the node.
 
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_client::loadgen;
-use ferry_client::{Client, ConnectOptions, Identity, Trust};
+use ferry_client::{BatchOptions, Batcher, Client, ClientError, ConnectOptions, Identity, Trust};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::MailboxAddr;
 use tokio::sync::Semaphore;
@@ -62,8 +63,32 @@ fn consumer_identity(dir: &Path, fresh: bool) -> anyhow::Result<Identity> {
     Ok(id)
 }
 
+/// How a producer sends: one Enqueue per message, or through a [`Batcher`] (EnqueueMany).
+#[derive(Clone)]
+enum Sender {
+    Plain(Arc<Client>),
+    Batched(Batcher),
+}
+
+impl Sender {
+    fn new(c: &Arc<Client>, batch: bool) -> Self {
+        if batch {
+            Sender::Batched(Batcher::new(Arc::clone(c), BatchOptions::default()))
+        } else {
+            Sender::Plain(Arc::clone(c))
+        }
+    }
+
+    async fn enqueue(&self, req: pb::EnqueueRequest) -> Result<(), ClientError> {
+        match self {
+            Sender::Plain(c) => c.enqueue(&req).await.map(|_| ()),
+            Sender::Batched(b) => b.enqueue(req).await.map(|_| ()),
+        }
+    }
+}
+
 async fn produce(
-    c: Arc<Client>,
+    c: Sender,
     recipient: Vec<u8>,
     ids: std::ops::Range<u64>,
     size: usize,
@@ -74,7 +99,7 @@ async fn produce(
     let mut set = tokio::task::JoinSet::new();
     for n in ids {
         let permit = Arc::clone(&window).acquire_owned().await?;
-        let c = Arc::clone(&c);
+        let c = c.clone();
         let rec = Arc::clone(&rec);
         let req = pb::EnqueueRequest {
             recipient_key: recipient.clone(),
@@ -87,12 +112,12 @@ async fn produce(
         };
         set.spawn(async move {
             let t = Instant::now();
-            let r = c.enqueue(&req).await;
+            let r = c.enqueue(req).await;
             if r.is_ok() {
                 rec.acked(t.elapsed());
             }
             drop(permit);
-            r.map(|_| ())
+            r
         });
         while let Some(done) = set.try_join_next() {
             done??;
@@ -158,7 +183,7 @@ pub(crate) async fn run(t: &Target, w: &Workload, rec: Arc<Recorder>) -> anyhow:
     let sent = w
         .produce_all(start, |i, ids| {
             produce(
-                Arc::clone(&producers[i]),
+                Sender::new(&producers[i], t.batch),
                 me.public_key().as_bytes().to_vec(),
                 ids,
                 w.size,
@@ -229,7 +254,7 @@ pub(crate) async fn crash_publish(t: &Target, n: u64, size: usize) -> anyhow::Re
     let producer = Arc::new(conn.login(&Identity::generate()?).await?);
     let rec = Arc::new(Recorder::new(n));
     produce(
-        Arc::clone(&producer),
+        Sender::new(&producer, t.batch),
         me.public_key().as_bytes().to_vec(),
         0..n,
         size,
