@@ -7,14 +7,12 @@ use std::time::{Duration, Instant};
 use ferry_mesh::core::BroadcastDropped;
 use ferry_mesh::driver::{MeshError, MeshHandle};
 use ferry_mesh::wire::Claim;
-use ferry_proto::limits::{
-    MAX_BROADCAST_PAYLOAD, MAX_ENQUEUE_MANY, MAX_PAYLOAD, NONCE_LEN, TOPIC_LEN,
-};
+use ferry_proto::limits::{MAX_BROADCAST_PAYLOAD, MAX_PAYLOAD, NONCE_LEN, TOPIC_LEN};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{
-    Ack, AuthProof, BatchEnqueue, DeviceId, Enqueue, FetchHybridKeys, FetchWait, HybridKeyLookup,
-    HybridPublicKey, IdentityKey, MailboxAddr, MailboxRead, MessageId, NodeId, SessionToken,
-    UploadHybridKey, resolve_ttl,
+    Ack, AuthProof, BatchEnqueue, DeviceId, Enqueue, EnqueueMany, FetchHybridKeys, FetchWait,
+    HybridKeyLookup, HybridPublicKey, IdentityKey, MailboxAddr, MailboxRead, MessageId, NodeId,
+    SessionToken, UploadHybridKey, resolve_ttl,
 };
 use ferry_proto::{Method, ProtoError, PushEvent, Status, decode_message};
 use ferry_store::{BundleRecord, CustodyOutcome, NewMessage, StoreError, StoredMessage};
@@ -78,12 +76,11 @@ impl Reply {
 
 impl From<ProtoError> for Reply {
     fn from(e: ProtoError) -> Self {
-        match e {
-            ProtoError::PayloadTooLarge { .. } => {
-                Reply::err(Status::PayloadTooLarge, e.to_string())
-            }
-            other => Reply::err(Status::BadRequest, other.to_string()),
-        }
+        let status = match e.innermost() {
+            ProtoError::PayloadTooLarge { .. } => Status::PayloadTooLarge,
+            _ => Status::BadRequest,
+        };
+        Reply::err(status, e.to_string())
     }
 }
 
@@ -557,30 +554,18 @@ async fn batch_enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> R
 /// message is validated before any is stored; a bad one fails the request, named by its index.
 async fn enqueue_many(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
     let req: pb::EnqueueManyRequest = tri!(decode(payload));
-    if req.messages.is_empty() {
-        return Reply::from(ProtoError::Empty { field: "messages" });
-    }
-    if req.messages.len() > MAX_ENQUEUE_MANY {
-        return Reply::from(ProtoError::TooMany {
-            field: "messages",
-            max: MAX_ENQUEUE_MANY,
-            got: req.messages.len(),
-        });
-    }
-    let mut msgs = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.into_iter().enumerate() {
-        let checked = Enqueue::try_from(m).map_err(Reply::from).and_then(|e| {
-            new_message(
-                state,
-                me,
-                e.mailbox,
-                e.payload,
-                e.ttl_secs,
-                e.message_id,
-                e.sealed_sender,
-            )
-        });
-        match checked {
+    let many = tri!(EnqueueMany::try_from(req));
+    let mut msgs = Vec::with_capacity(many.messages.len());
+    for (i, e) in many.messages.into_iter().enumerate() {
+        match new_message(
+            state,
+            me,
+            e.mailbox,
+            e.payload,
+            e.ttl_secs,
+            e.message_id,
+            e.sealed_sender,
+        ) {
             Ok(msg) => msgs.push(msg),
             Err(r) => return r.context(&format!("messages[{i}]")),
         }

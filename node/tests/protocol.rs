@@ -263,6 +263,20 @@ async fn enqueue_many_refuses_a_bad_message_by_index_and_stores_none() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("257 entries, at most 256"), "{e}");
+    // A message over the stored-message limit keeps its own status, inside a frame that fits.
+    let big = enqueue_req(
+        &bob,
+        &vec![0; ferry_proto::limits::MAX_MESSAGE_LEN + 1],
+        None,
+    );
+    let e = a
+        .enqueue_many(&pb::EnqueueManyRequest {
+            messages: vec![big],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status_code(), Some(Status::PayloadTooLarge), "{e}");
+    assert!(e.to_string().contains("messages[0]: payload of"), "{e}");
     assert_eq!(a.health().await.unwrap().queue_depth, 0, "nothing stored");
     // Not authenticated: refused like Enqueue.
     let anon = n.client().await;

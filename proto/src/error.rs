@@ -48,6 +48,16 @@ pub enum ProtoError {
         /// Protobuf field name.
         field: &'static str,
     },
+    /// One entry of a repeated field is invalid.
+    #[error("{field}[{index}]: {source}")]
+    Item {
+        /// Protobuf field name of the repeated field.
+        field: &'static str,
+        /// Which entry, from 0.
+        index: usize,
+        /// What is wrong with it.
+        source: Box<ProtoError>,
+    },
     /// A repeated field had too many entries.
     #[error("{field} has {got} entries, at most {max} allowed")]
     TooMany {
@@ -74,4 +84,14 @@ pub enum ProtoError {
         /// Why it failed.
         reason: &'static str,
     },
+}
+
+impl ProtoError {
+    /// What is wrong at the bottom: for an [`ProtoError::Item`], the entry's own error.
+    pub fn innermost(&self) -> &ProtoError {
+        match self {
+            ProtoError::Item { source, .. } => source.innermost(),
+            other => other,
+        }
+    }
 }

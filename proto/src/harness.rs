@@ -4,8 +4,8 @@
 use crate::frame::{decode_push, decode_request, decode_response};
 use crate::qpq::v1 as pb;
 use crate::types::{
-    Ack, AuthProof, BatchEnqueue, Enqueue, FetchHybridKeys, FetchWait, HybridKeyLookup,
-    MailboxRead, SessionToken, UploadHybridKey,
+    Ack, AuthProof, BatchEnqueue, Enqueue, EnqueueMany, FetchHybridKeys, FetchWait,
+    HybridKeyLookup, MailboxRead, SessionToken, UploadHybridKey,
 };
 use crate::{Method, decode_message};
 
@@ -49,6 +49,7 @@ fn request_payload(method: Method, payload: &[u8]) {
     match method {
         Method::Enqueue => conv::<pb::EnqueueRequest, Enqueue>(payload),
         Method::BatchEnqueue => conv::<pb::BatchEnqueueRequest, BatchEnqueue>(payload),
+        Method::EnqueueMany => conv::<pb::EnqueueManyRequest, EnqueueMany>(payload),
         Method::Fetch => conv::<pb::FetchRequest, MailboxRead>(payload),
         Method::Peek => conv::<pb::PeekRequest, MailboxRead>(payload),
         Method::FetchWait => conv::<pb::FetchWaitRequest, FetchWait>(payload),

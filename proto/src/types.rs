@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::ProtoError;
 use crate::limits::{
     CHANNEL_ID_LEN, DEFAULT_FETCH_LIMIT, FINGERPRINT_LEN, HYBRID_PUBLIC_KEY_LEN, IDENTITY_KEY_LEN,
-    MAX_BATCH_RECIPIENTS, MAX_DEVICE_ID_LEN, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS,
+    MAX_BATCH_RECIPIENTS, MAX_DEVICE_ID_LEN, MAX_ENQUEUE_MANY, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS,
     MAX_KEYS_PER_FETCH, MAX_MESSAGE_LEN, MESSAGE_ID_LEN, MLKEM768_EK_LEN, NONCE_LEN,
     SESSION_TOKEN_LEN, SIGNATURE_LEN, X25519_PUBLIC_LEN,
 };
@@ -549,6 +549,43 @@ impl TryFrom<pb::EnqueueRequest> for Enqueue {
             ttl_secs: r.ttl_secs,
             sealed_sender: r.sealed_sender,
         })
+    }
+}
+
+/// A validated EnqueueMany (812, Ferry): 1..=256 Enqueues, in request order. An invalid one
+/// fails the whole request as [`ProtoError::Item`], naming its index.
+#[derive(Clone, Debug)]
+pub struct EnqueueMany {
+    /// The messages, in request order.
+    pub messages: Vec<Enqueue>,
+}
+
+impl TryFrom<pb::EnqueueManyRequest> for EnqueueMany {
+    type Error = ProtoError;
+    fn try_from(r: pb::EnqueueManyRequest) -> Result<Self, Self::Error> {
+        if r.messages.is_empty() {
+            return Err(ProtoError::Empty { field: "messages" });
+        }
+        if r.messages.len() > MAX_ENQUEUE_MANY {
+            return Err(ProtoError::TooMany {
+                field: "messages",
+                max: MAX_ENQUEUE_MANY,
+                got: r.messages.len(),
+            });
+        }
+        let messages = r
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, m)| {
+                Enqueue::try_from(m).map_err(|e| ProtoError::Item {
+                    field: "messages",
+                    index,
+                    source: Box::new(e),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { messages })
     }
 }
 

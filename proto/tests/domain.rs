@@ -6,8 +6,8 @@ use ferry_proto::limits::{
 };
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{
-    AuthProof, BatchEnqueue, ChannelId, Enqueue, FetchHybridKeys, FetchWait, Fingerprint,
-    HybridKeyLookup, IdentityKey, MailboxRead, UploadHybridKey, resolve_ttl,
+    AuthProof, BatchEnqueue, ChannelId, Enqueue, EnqueueMany, FetchHybridKeys, FetchWait,
+    Fingerprint, HybridKeyLookup, IdentityKey, MailboxRead, UploadHybridKey, resolve_ttl,
 };
 
 fn enqueue() -> pb::EnqueueRequest {
@@ -110,6 +110,48 @@ fn reads_resolve_limits() {
     })
     .unwrap();
     assert_eq!(w.timeout_ms, 60_000);
+}
+
+#[test]
+fn enqueue_many_checks_every_message_and_names_the_bad_one() {
+    let mut big = enqueue();
+    big.payload = vec![0; MAX_MESSAGE_LEN + 1];
+    let mut short_key = enqueue();
+    short_key.recipient_key.truncate(31);
+    let ok = EnqueueMany::try_from(pb::EnqueueManyRequest {
+        messages: vec![enqueue(), enqueue()],
+    })
+    .unwrap();
+    assert_eq!(ok.messages.len(), 2);
+    let e = EnqueueMany::try_from(pb::EnqueueManyRequest {
+        messages: vec![enqueue(), enqueue(), short_key],
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("messages[2]: recipient_key must be 32 bytes"),
+        "{e}"
+    );
+    let e = EnqueueMany::try_from(pb::EnqueueManyRequest {
+        messages: vec![big],
+    })
+    .unwrap_err();
+    assert!(matches!(e, ProtoError::Item { index: 0, .. }), "{e}");
+    assert!(matches!(e.innermost(), ProtoError::PayloadTooLarge { .. }));
+    assert!(matches!(
+        EnqueueMany::try_from(pb::EnqueueManyRequest { messages: vec![] }),
+        Err(ProtoError::Empty { field: "messages" })
+    ));
+    assert!(matches!(
+        EnqueueMany::try_from(pb::EnqueueManyRequest {
+            messages: vec![enqueue(); 257],
+        }),
+        Err(ProtoError::TooMany {
+            max: 256,
+            got: 257,
+            ..
+        })
+    ));
 }
 
 #[test]

@@ -4,7 +4,7 @@ use ferry_proto::frame::{
     decode_push, decode_request, decode_response, encode_push, encode_request, encode_response,
 };
 use ferry_proto::qpq::v1 as pb;
-use ferry_proto::types::{Enqueue, MailboxRead};
+use ferry_proto::types::{Enqueue, EnqueueMany, MailboxRead};
 use ferry_proto::{Status, decode_message};
 use proptest::prelude::*;
 use prost::Message;
@@ -50,6 +50,9 @@ proptest! {
         }
         let _ = decode_message::<pb::FetchResponse>(&bytes);
         let _ = decode_message::<pb::BatchEnqueueRequest>(&bytes);
+        if let Ok(m) = decode_message::<pb::EnqueueManyRequest>(&bytes) {
+            let _ = EnqueueMany::try_from(m);
+        }
     }
 
     #[test]
