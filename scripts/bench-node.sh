@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark one Ferry node on loopback: durable one-to-one throughput (64 in flight),
-# fan-in from 50 senders, enqueue->ack and end-to-end latency, idle and peak RSS, RSS with
+# fan-in from 50 senders, both again through the client library's Batcher (EnqueueMany), enqueue->ack and end-to-end latency, idle and peak RSS, RSS with
 # 1,000 idle authenticated connections, and the fsync-bound ceiling of the disk, all in one run.
 #
 #   scripts/bench-node.sh                 # 200,000 messages per run
@@ -73,6 +73,16 @@ echo
 echo "== $FANIN_SENDERS senders -> one recipient, $FANIN_IN_FLIGHT in flight each"
 "$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" --data-dir "$DATA" \
   --messages "$MESSAGES" --senders "$FANIN_SENDERS" --in-flight "$FANIN_IN_FLIGHT"
+wear "$MESSAGES"
+echo
+echo "== one sender -> one recipient, 64 in flight, through the Batcher (EnqueueMany)"
+"$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" \
+  --messages "$MESSAGES" --senders 1 --in-flight 64 --batch
+wear "$MESSAGES"
+echo
+echo "== $FANIN_SENDERS senders -> one recipient, $FANIN_IN_FLIGHT in flight each, through the Batcher (EnqueueMany)"
+"$BIN" bench --node "$ADDR" --pin "$FP" --node-pid "$PID" \
+  --messages "$MESSAGES" --senders "$FANIN_SENDERS" --in-flight "$FANIN_IN_FLIGHT" --batch
 wear "$MESSAGES"
 echo
 echo "== again $IDLE_CONNECTIONS idle authenticated connections (after the throughput runs)"

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_client::loadgen;
-use ferry_client::{BatchOptions, Batcher, Client, ClientError, ConnectOptions, Identity, Trust};
+use ferry_client::loadgen::{self, Sender};
+use ferry_client::{Client, ConnectOptions, Identity, Trust};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::MailboxAddr;
 use tokio::sync::Semaphore;
@@ -63,30 +63,6 @@ fn consumer_identity(dir: &Path, fresh: bool) -> anyhow::Result<Identity> {
     Ok(id)
 }
 
-/// How a producer sends: one Enqueue per message, or through a [`Batcher`] (EnqueueMany).
-#[derive(Clone)]
-enum Sender {
-    Plain(Arc<Client>),
-    Batched(Batcher),
-}
-
-impl Sender {
-    fn new(c: &Arc<Client>, batch: bool) -> Self {
-        if batch {
-            Sender::Batched(Batcher::new(Arc::clone(c), BatchOptions::default()))
-        } else {
-            Sender::Plain(Arc::clone(c))
-        }
-    }
-
-    async fn enqueue(&self, req: pb::EnqueueRequest) -> Result<(), ClientError> {
-        match self {
-            Sender::Plain(c) => c.enqueue(&req).await.map(|_| ()),
-            Sender::Batched(b) => b.enqueue(req).await.map(|_| ()),
-        }
-    }
-}
-
 async fn produce(
     c: Sender,
     recipient: Vec<u8>,
@@ -117,7 +93,7 @@ async fn produce(
                 rec.acked(t.elapsed());
             }
             drop(permit);
-            r
+            r.map(|_| ())
         });
         while let Some(done) = set.try_join_next() {
             done??;

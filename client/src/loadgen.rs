@@ -92,3 +92,39 @@ mod tests {
         assert_eq!(rss_kib(u32::MAX), None);
     }
 }
+
+/// How a load generator's producer sends: one Enqueue (200) per message, or through a
+/// [`crate::Batcher`] (EnqueueMany, 812), each message answered on its own either way.
+#[derive(Clone, Debug)]
+pub enum Sender {
+    /// One request per message.
+    Plain(std::sync::Arc<crate::Client>),
+    /// Messages waiting on the connection go out together.
+    Batched(crate::Batcher),
+}
+
+impl Sender {
+    /// A sender over `client`; `batch` picks the [`crate::Batcher`] with its default options.
+    /// Needs a tokio runtime when batching.
+    pub fn new(client: &std::sync::Arc<crate::Client>, batch: bool) -> Self {
+        if batch {
+            Sender::Batched(crate::Batcher::new(
+                std::sync::Arc::clone(client),
+                crate::BatchOptions::default(),
+            ))
+        } else {
+            Sender::Plain(std::sync::Arc::clone(client))
+        }
+    }
+
+    /// Sends one message; resolves when the node answered for it.
+    pub async fn enqueue(
+        &self,
+        req: ferry_proto::qpq::v1::EnqueueRequest,
+    ) -> Result<ferry_proto::qpq::v1::EnqueueResponse, crate::ClientError> {
+        match self {
+            Sender::Plain(c) => c.enqueue(&req).await,
+            Sender::Batched(b) => b.enqueue(req).await,
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! Messages are 256-byte opaque payloads (by default) carrying a sequence number and the send
 //! time, enqueued through the client library with a window of requests in flight per sender;
 //! a message counts as sent when its Enqueue is answered, which the node does only after the
-//! durable commit. One consumer long-polls the recipient's mailbox and acknowledges what it
+//! durable commit. With `--batch` the senders go through the client library's `Batcher`
+//! (EnqueueMany, 812): each message is still answered on its own, after the same commit. One consumer long-polls the recipient's mailbox and acknowledges what it
 //! got. Payloads are not end-to-end encrypted here: this measures the node, and sealing would
 //! measure the benchmark's own CPU.
 
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_client::loadgen::{message_id, percentile_ms, read_stamp, rss_kib, stamp, unix_nanos};
+use ferry_client::loadgen::{
+    Sender, message_id, percentile_ms, read_stamp, rss_kib, stamp, unix_nanos,
+};
 use ferry_client::{Client, ConnectOptions, Identity};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::MailboxAddr;
@@ -48,6 +51,10 @@ pub(crate) struct BenchArgs {
     /// Skip the throughput run (with --idle-connections: memory only).
     #[arg(long)]
     no_throughput: bool,
+    /// Send through the client library's `Batcher`: the messages waiting on a connection go
+    /// out as one EnqueueMany (812) request.
+    #[arg(long)]
+    batch: bool,
 }
 
 fn mib(kib: u64) -> String {
@@ -187,7 +194,7 @@ async fn throughput(
         } else {
             per_sender
         };
-        let sender = Arc::clone(sender);
+        let sender = Sender::new(sender, args.batch);
         let window = Arc::new(Semaphore::new(args.in_flight));
         let lat_tx = lat_tx.clone();
         let recipient_key = recipient.public_key().as_bytes().to_vec();
@@ -195,7 +202,7 @@ async fn throughput(
             let mut inflight = tokio::task::JoinSet::new();
             for n in first..first + count {
                 let permit = Arc::clone(&window).acquire_owned().await?;
-                let sender = Arc::clone(&sender);
+                let sender = sender.clone();
                 let lat_tx = lat_tx.clone();
                 let req = pb::EnqueueRequest {
                     recipient_key: recipient_key.clone(),
@@ -208,7 +215,7 @@ async fn throughput(
                 };
                 inflight.spawn(async move {
                     let t = Instant::now();
-                    let r = sender.enqueue(&req).await;
+                    let r = sender.enqueue(req).await;
                     let _ = lat_tx.send(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                     drop(permit);
                     r.map(|_| ())
@@ -238,8 +245,16 @@ async fn throughput(
     let e2e_elapsed = done_at.duration_since(start);
     let rate = total as f64 / sent_elapsed.as_secs_f64();
     out(&format!(
-        "{} sender(s) -> 1 recipient, {} messages of {} B, {} in flight per sender",
-        args.senders, total, args.size, args.in_flight
+        "{} sender(s) -> 1 recipient, {} messages of {} B, {} in flight per sender{}",
+        args.senders,
+        total,
+        args.size,
+        args.in_flight,
+        if args.batch {
+            ", through the Batcher (EnqueueMany)"
+        } else {
+            ""
+        }
     ));
     out(&format!(
         "  durable enqueue throughput: {rate:.0} msg/s ({:.2} s)",
