@@ -52,6 +52,12 @@ struct Job {
 /// storing anything twice. Against a server without EnqueueMany (other qpq servers, older
 /// Ferry nodes) it sends one Enqueue per message. Needs a tokio runtime; the background task
 /// ends when the last clone is dropped.
+///
+/// The queue holds only what callers are waiting on, so it is as deep as their concurrency. A
+/// caller that stops waiting (a timeout, say) does not take its message back: once queued it
+/// is sent, and may be stored. Give each message a `message_id` of your own to retry it
+/// without storing it twice. Messages sent concurrently may be stored in any order, as with
+/// concurrent Enqueues; one caller's messages awaited one after the other keep their order.
 #[derive(Clone, Debug)]
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Job>,
