@@ -151,8 +151,7 @@ async fn send(client: &Arc<Client>, batch: Vec<Job>, plain: &AtomicBool) {
                 ))));
             }
         }
-        // A refused batch stored nothing, or (with a storage error midway) only messages whose
-        // ids are known now: each message is retried alone and gets its own answer.
+        // The server does not have EnqueueMany: plain Enqueues from now on.
         Err(e) if matches!(e.status_code(), Some(Status::UnknownMethod)) => {
             plain.store(true, Ordering::Relaxed);
             retry_alone(client, req.messages, answers).await;
@@ -163,6 +162,8 @@ async fn send(client: &Arc<Client>, batch: Vec<Job>, plain: &AtomicBool) {
                 Some(Status::BadRequest | Status::PayloadTooLarge)
             ) =>
         {
+            // A refused batch stored nothing (or, with a storage error midway, only messages
+            // whose ids it carries): each message is retried alone and gets its own answer.
             retry_alone(client, req.messages, answers).await;
         }
         Err(e) => {
@@ -183,7 +184,14 @@ async fn retry_alone(client: &Arc<Client>, reqs: Vec<pb::EnqueueRequest>, answer
 }
 
 /// Plain Enqueues, all outstanding at once.
-async fn one_by_one(client: &Arc<Client>, jobs: Vec<Job>) {
+async fn one_by_one(client: &Arc<Client>, mut jobs: Vec<Job>) {
+    if jobs.len() == 1
+        && let Some(j) = jobs.pop()
+    {
+        let r = client.enqueue(&j.req).await;
+        let _ = j.answer.send(r);
+        return;
+    }
     let mut calls = tokio::task::JoinSet::new();
     for j in jobs {
         let client = Arc::clone(client);
