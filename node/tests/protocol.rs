@@ -2,11 +2,10 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use std::sync::Arc;
-
 use ferry_client::{BatchOptions, Batcher, PushEvent, message};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{HybridKeyLookup, MessageId};
@@ -229,8 +228,8 @@ async fn enqueue_many_stores_several_messages_in_order_in_one_request() {
     let payloads: Vec<&[u8]> = inbox.iter().map(|e| e.data.as_slice()).collect();
     assert_eq!(payloads, vec![&b"one"[..], b"two", b"three"]);
     assert_eq!(c.fetch(&mailbox(&carol), 10).await.unwrap().len(), 1);
-    // A retry of the whole request stores nothing new (the message without an id got a
-    // random one from the node, so it is stored again: clients that retry give ids).
+    // A retry of the whole request stores only the message that had no id: the node gave it a
+    // random one, so its retry cannot be recognised (clients that retry give ids).
     let again = a.enqueue_many(&req).await.unwrap();
     let dups: Vec<bool> = again.results.iter().map(|e| e.duplicate).collect();
     assert_eq!(dups, vec![true, true, false, true, true]);
