@@ -122,7 +122,7 @@ server was killed with SIGKILL and restarted.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     width = 0.38
     xs = range(len(systems))
     for ax, key, title, unit in [
@@ -134,7 +134,8 @@ server was killed with SIGKILL and restarted.
             bars = ax.bar([x + off for x in xs], meds, width, label=wl)
             ax.bar_label(bars, fmt="%.0f" if key == "throughput" else "%.1f", fontsize=7)
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([s.replace(" (", "\n(") for s in systems], fontsize=8)
+        # One word per line inside the brackets: five systems' labels fit side by side.
+        ax.set_xticklabels([s.replace(" (", "\n(").replace(" ", "\n") for s in systems], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
         if key != "throughput":
