@@ -1,10 +1,14 @@
 //! Coalesced sending: concurrent Enqueues from one application become few EnqueueMany (812)
 //! requests, each one stream and one durable commit on the node.
 //!
-//! Nothing waits to fill a batch. A request goes out as soon as one of the `in_flight` batch
-//! slots is free, with whatever else is queued by then; batches only grow while the node is
-//! busy with earlier ones, so a lone message costs what a plain Enqueue costs.
+//! On a connection with no EnqueueMany outstanding, a message goes out at once, with whatever
+//! else is queued: a lone message costs what a plain Enqueue costs. While requests are
+//! outstanding, queued messages wait until there are `max_messages / in_flight` of them or
+//! every outstanding request has been answered (Nagle's rule, applied to requests), so a busy
+//! connection sends fuller batches instead of a trickle of small ones. No message waits
+//! longer than the requests already outstanding when it was queued.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,7 +16,7 @@ use ferry_proto::Status;
 use ferry_proto::limits::{MAX_ENQUEUE_MANY, MESSAGE_ID_LEN};
 use ferry_proto::qpq::v1 as pb;
 use prost::Message;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::{Client, ClientError};
 
@@ -96,36 +100,64 @@ async fn run(
     in_flight: usize,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
+    let done = Arc::new(Notify::new());
     let plain = Arc::new(AtomicBool::new(false));
-    let mut carry: Option<Job> = None;
+    // While requests are outstanding, a batch waits for this many messages or for all of them
+    // to be answered (Nagle's rule, per request); on an idle connection it goes at once.
+    let fill = (max / in_flight).max(1);
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut open = true;
     loop {
+        if pending.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.recv().await {
+                Some(j) => pending.push_back(j),
+                None => return,
+            }
+        }
+        while let Ok(j) = rx.try_recv() {
+            pending.push_back(j);
+        }
+        let busy = in_flight - slots.available_permits();
+        if open && busy > 0 && pending.len() < fill {
+            tokio::select! {
+                j = rx.recv() => match j {
+                    Some(j) => pending.push_back(j),
+                    None => open = false,
+                },
+                () = done.notified() => {}
+            }
+            continue;
+        }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let first = match carry.take() {
-            Some(j) => j,
-            None => match rx.recv().await {
-                Some(j) => j,
-                None => return,
-            },
-        };
-        let mut bytes = first.req.encoded_len();
-        let mut batch = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            pending.push_back(j);
+        }
+        let mut bytes = 0;
+        let mut batch = Vec::with_capacity(pending.len().min(max));
         while batch.len() < max {
-            let Ok(j) = rx.try_recv() else { break };
-            let len = j.req.encoded_len();
-            if bytes + len > MAX_BATCH_BYTES {
-                carry = Some(j);
+            let Some(len) = pending.front().map(|j| j.req.encoded_len()) else {
+                break;
+            };
+            if !batch.is_empty() && bytes + len > MAX_BATCH_BYTES {
                 break;
             }
             bytes += len;
-            batch.push(j);
+            if let Some(j) = pending.pop_front() {
+                batch.push(j);
+            }
         }
         let client = Arc::clone(&client);
         let plain = Arc::clone(&plain);
+        let done = Arc::clone(&done);
         tokio::spawn(async move {
             send(&client, batch, &plain).await;
             drop(slot);
+            done.notify_one();
         });
     }
 }
