@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark one Ferry node on loopback: durable one-to-one throughput (64 in flight),
-# fan-in from 50 senders, both again through the client library's Batcher (EnqueueMany), enqueue->ack and end-to-end latency, idle and peak RSS, RSS with
-# 1,000 idle authenticated connections, and the fsync-bound ceiling of the disk, all in one run.
+# fan-in from 50 senders, both again through the client library's Batcher (EnqueueMany),
+# enqueue->ack and end-to-end latency, idle and peak RSS, RSS with 1,000 idle authenticated
+# connections, and the fsync-bound ceiling of the disk, all in one run.
 #
 #   scripts/bench-node.sh                 # 200,000 messages per run
 #   MESSAGES=50000 scripts/bench-node.sh  # quicker
 #
-# Not a test: it prints figures. The node runs the release build (the router profile) with
-# the rate limit off; its data directory is on the project's disk, never tmpfs.
+# Not a test: it prints figures. The node is the operator build (release profile, the router
+# packages' features) with the rate limit off; its data directory is on the project's disk, never tmpfs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,13 @@ FANIN_IN_FLIGHT=${FANIN_IN_FLIGHT:-16}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-1000}
 
 command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+# The node as operators install it (the router packages' features, built for this machine;
+# the same binary scripts/bench-peers.sh measures), and the load generator `ferry bench` from
+# the developer build, which has it.
+cargo build --release --locked --bin ferry -p ferry-node --no-default-features \
+  --features router,iroh,mdns --target-dir target/bench-node
 cargo build --release --locked -p ferry-node --bin ferry
+NODE=target/bench-node/release/ferry
 BIN=target/release/ferry
 DATA=$(mktemp -d "$PWD/target/bench-node.XXXXXX")
 LOG="$DATA.log"
@@ -27,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" node --data-dir "$DATA" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --rate-limit 0 --mesh-listen 127.0.0.1:0 --no-mdns --log info 2>"$LOG" &
+"$NODE" node --data-dir "$DATA" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --rate-limit 0 --mesh-listen 127.0.0.1:0 --no-mdns --log info 2>"$LOG" &
 PID=$!
 for _ in $(seq 1 100); do
   grep -q "accepting QUIC connections" "$LOG" 2>/dev/null && break
@@ -52,7 +59,7 @@ wear() {
 
 rss() { awk -v f="$1:" '$1==f {print $2}' "/proc/$PID/status"; }
 echo "== Ferry node benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "host: $(nproc) cores, $(uname -r); binary $(stat -c %s "$BIN") bytes ($(git describe --always --dirty 2>/dev/null || echo unknown))"
+echo "host: $(nproc) cores, $(uname -r); node binary $(stat -c %s "$NODE") bytes ($(git describe --always --dirty 2>/dev/null || echo unknown))"
 echo "data dir on: $(df -T "$DATA" | awk 'NR==2 {print $2}') ($DATA)"
 echo "node idle RSS: $(awk -v k="$(rss VmRSS)" 'BEGIN {printf "%.1f MiB", k/1024}')"
 echo
