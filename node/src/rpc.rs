@@ -482,10 +482,9 @@ pub(crate) async fn enqueue_local(
     Ok(done)
 }
 
-async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
-    let req: pb::EnqueueRequest = tri!(decode(payload));
-    let e = tri!(Enqueue::try_from(req));
-    let msg = match new_message(
+/// The message an Enqueue from `me` asks to store.
+fn enqueued_message(state: &State, me: IdentityKey, e: Enqueue) -> Result<NewMessage, Reply> {
+    new_message(
         state,
         me,
         e.mailbox,
@@ -493,10 +492,13 @@ async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
         e.ttl_secs,
         e.message_id,
         e.sealed_sender,
-    ) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    )
+}
+
+async fn enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
+    let req: pb::EnqueueRequest = tri!(decode(payload));
+    let e = tri!(Enqueue::try_from(req));
+    let msg = tri_reply!(enqueued_message(state, me, e));
     if let Some(mesh) = &state.mesh
         && mesh.is_remote(&msg.mailbox.recipient)
     {
@@ -557,15 +559,7 @@ async fn enqueue_many(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Re
     let many = tri!(EnqueueMany::try_from(req));
     let mut msgs = Vec::with_capacity(many.messages.len());
     for (i, e) in many.messages.into_iter().enumerate() {
-        match new_message(
-            state,
-            me,
-            e.mailbox,
-            e.payload,
-            e.ttl_secs,
-            e.message_id,
-            e.sealed_sender,
-        ) {
+        match enqueued_message(state, me, e) {
             Ok(msg) => msgs.push(msg),
             Err(r) => return r.context(&format!("messages[{i}]")),
         }
