@@ -230,6 +230,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
+    a.target.check()?;
     anyhow::ensure!(a.size >= 16, "--size must be at least 16");
     anyhow::ensure!(
         a.producers >= 1 && a.in_flight >= 1 && a.messages >= a.producers as u64,
@@ -267,6 +268,17 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     print_json(&v);
     Ok(())
+}
+
+impl Target {
+    /// Refuses options that do not apply to the chosen system instead of ignoring them.
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.batch || self.system == System::Ferry,
+            "--batch applies to --system ferry only (MQTT and NATS clients pipeline on their own)"
+        );
+        Ok(())
+    }
 }
 
 fn system_name(t: &Target) -> String {
@@ -309,6 +321,7 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
 }
 
 async fn crash_publish(a: CrashArgs) -> anyhow::Result<()> {
+    a.target.check()?;
     std::fs::create_dir_all(&a.target.state_dir)?;
     let acked = match a.target.system {
         System::Ferry => ferry::crash_publish(&a.target, a.messages, a.size).await?,

@@ -1,6 +1,7 @@
 //! Method dispatch: decode, validate, authorise, act, answer. Every failure is a status with
 //! an `Error` message; nothing a client sends can take the node down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -611,17 +612,16 @@ async fn store_many(state: &Arc<State>, msgs: Vec<NewMessage>) -> Result<Vec<(u6
         .enqueue_batch(local)
         .await
         .map_err(|e| store_error(state, &e))?;
-    let mut wake: Vec<(MailboxAddr, u64)> = Vec::new();
+    // A BatchEnqueue has up to 256 mailboxes: a map, not a search per message.
+    let mut wake: HashMap<MailboxAddr, u64> = HashMap::new();
     for (((mailbox, bytes), d), i) in sizes.iter().zip(&done).zip(local_at) {
         inc(&state.metrics.c.enqueue);
         if d.duplicate {
             inc(&state.metrics.c.enqueue_duplicate);
         } else {
             add(&state.metrics.c.enqueue_bytes, *bytes);
-            match wake.iter_mut().find(|(m, _)| m == mailbox) {
-                Some(w) => w.1 = w.1.max(d.seq),
-                None => wake.push((*mailbox, d.seq)),
-            }
+            let top = wake.entry(*mailbox).or_insert(d.seq);
+            *top = (*top).max(d.seq);
         }
         if let Some(o) = out.get_mut(i) {
             *o = (d.seq, d.duplicate);
