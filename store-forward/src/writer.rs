@@ -4,7 +4,7 @@
 //! for more: while one commit is in fsync, the next batch queues up by itself), applies all of
 //! it in one write transaction, commits it durably, and only then answers every operation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
@@ -632,10 +632,11 @@ impl<'t> Tables<'t> {
         let mut total = 0u64;
         let mut per_recipient: HashMap<IdentityKey, (u64, u64)> = HashMap::new();
         let mut now_ms = 0;
-        // Each message's encoded address and what the quota pass found in the store, so that
-        // a lone message (every Enqueue) is encoded and looked up in the dedup table once; a
-        // set may repeat an id, so a set looks again.
+        // Each message's encoded address, what the quota pass found in the store, and whether
+        // the same id went to the same mailbox earlier in this set: only such a repeat is
+        // looked up in the dedup table again when it is stored.
         let mut found = Vec::with_capacity(ms.len());
+        let mut earlier = HashSet::new();
         for m in ms {
             if m.expires_at_ms <= m.enqueued_at_ms {
                 return Err(ApplyError::Refused(StoreError::Expired));
@@ -646,7 +647,8 @@ impl<'t> Tables<'t> {
                 Some((id, _)) => self.live_duplicate(m, id)?,
                 None => None,
             };
-            found.push((addr, dup));
+            let repeat = ms.len() > 1 && !earlier.insert((&m.mailbox, m.message_id));
+            found.push((addr, dup, repeat));
             if dup.is_some() {
                 continue;
             }
@@ -659,23 +661,22 @@ impl<'t> Tables<'t> {
         if total > 0 {
             self.check_quota(cfg, now_ms, total, &per_recipient)?;
         }
-        let lone = ms.len() == 1;
         let mut out = Vec::with_capacity(ms.len());
-        for (m, (addr, dup)) in ms.iter().zip(found) {
+        for (m, (addr, dup, repeat)) in ms.iter().zip(found) {
             out.push(match dup {
                 Some(seq) => Enqueued {
                     seq,
                     duplicate: true,
                 },
-                None => self.insert(m, &addr, !lone)?,
+                None => self.insert(m, &addr, repeat)?,
             });
         }
         Ok(out)
     }
 
     /// Stores `m` (its mailbox encoded as `addr`), known not to be a live duplicate in the
-    /// store before this set; with `recheck`, an earlier message of the same set may have
-    /// stored it already.
+    /// store before this set; with `recheck`, an earlier message of the same set had the same
+    /// id and mailbox and may have stored it already.
     fn insert(
         &mut self,
         m: &NewMessage,
