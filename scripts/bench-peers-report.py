@@ -54,7 +54,7 @@ def main():
     fanin = next((r["workload"] for r in rows if r["workload"].startswith("fan-in")), "fan-in 50")
     idle = next((r["workload"] for r in rows if r["workload"].startswith("idle")), "idle 1000")
 
-    # (label, workload, key, scale, digits, higher_is_better)
+    # (label, workload, key, scale, digits)
     metrics = [
         ("one-to-one: msg/s acknowledged", "one-to-one", "throughput", 1, 0),
         ("one-to-one: publish→ack p50 ms", "one-to-one", "publish_ack_p50_ms", 1, 2),
@@ -63,12 +63,14 @@ def main():
         ("one-to-one: end-to-end p99 ms", "one-to-one", "e2e_p99_ms", 1, 2),
         ("one-to-one: lost", "one-to-one", "lost", 1, 0),
         ("one-to-one: duplicated", "one-to-one", "duplicated", 1, 0),
+        ("one-to-one: disk written per message, B", "one-to-one", "server_disk_bytes_per_message", 1, 0),
         (f"{fanin}: msg/s acknowledged", fanin, "throughput", 1, 0),
         (f"{fanin}: publish→ack p99 ms", fanin, "publish_ack_p99_ms", 1, 2),
         (f"{fanin}: end-to-end p50 ms", fanin, "e2e_p50_ms", 1, 2),
         (f"{fanin}: end-to-end p99 ms", fanin, "e2e_p99_ms", 1, 2),
         (f"{fanin}: lost", fanin, "lost", 1, 0),
         (f"{fanin}: duplicated", fanin, "duplicated", 1, 0),
+        (f"{fanin}: disk written per message, B", fanin, "server_disk_bytes_per_message", 1, 0),
         ("idle RSS MiB", idle, "server_rss_idle_kib", 1 / 1024, 1),
         (f"RSS with {idle.split()[-1]} idle clients MiB", idle, "server_rss_with_clients_kib", 1 / 1024, 1),
         ("peak RSS MiB (after fan-in)", fanin, "server_peak_rss_kib", 1 / 1024, 1),
@@ -95,9 +97,11 @@ def main():
 
 Run {date} with `scripts/bench-peers.sh` ({rounds} rounds, systems interleaved; medians with
 the range over rounds in brackets; ratios are Ferry's median over the peer's: above 1× is
-better for throughput, below 1× is better for latency and memory). Crash: of {crash_of}
-acknowledged messages for a consumer that was not reading, how many it still got after the
-server was killed with SIGKILL and restarted.
+better for throughput, below 1× is better for latency, memory and disk writes). Disk written:
+the server's `write_bytes` from `/proc/<pid>/io` over the run, divided by the messages sent,
+what the run costs a router's flash (a server that writes nothing during the run shows 0 and
+no ratio). Crash: of {crash_of} acknowledged messages for a consumer that was not reading, how
+many it still got after the server was killed with SIGKILL and restarted.
 
 {config}
 

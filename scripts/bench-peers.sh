@@ -15,6 +15,8 @@
 #   idle         1,000 connected clients: the server's RSS
 #   crash        1,000 acknowledged messages for a consumer that is not reading, kill -9,
 #                restart: how many does the consumer still get?
+# and, for one-to-one and fan-in, the bytes the server wrote to disk per message (its
+# write_bytes in /proc/<pid>/io over the run: what a router's flash pays).
 # Then prints one table (medians, ranges, Ferry's ratio to each peer), writes it with the
 # date and the exact configurations into docs/benchmarks.md, and plots docs/bench-peers.png.
 # Uses only 127.0.0.1. Not part of CI (it takes minutes).

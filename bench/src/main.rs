@@ -90,7 +90,7 @@ struct Target {
     /// The server, `host:port`.
     #[arg(long)]
     addr: String,
-    /// The server's process id, to read its memory use from /proc.
+    /// The server's process id, to read its memory use and disk writes from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
     /// A label for the output (e.g. `mosquitto max_queued_messages=0`).
@@ -245,6 +245,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         idle_timeout: a.idle_timeout,
     };
     let rss_before = a.target.server_pid.and_then(loadgen::rss_kib);
+    let written_before = a.target.server_pid.and_then(loadgen::disk_written_bytes);
     let rec = Arc::new(Recorder::new(w.messages));
     let outcome: Outcome = match a.target.system {
         System::Ferry => ferry::run(&a.target, &w, rec).await?,
@@ -252,6 +253,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         System::Nats => nats::run(&a.target, &w, rec).await?,
     };
     let rss_after = a.target.server_pid.and_then(loadgen::rss_kib);
+    let written_after = a.target.server_pid.and_then(loadgen::disk_written_bytes);
     let mut v = outcome.to_json(&w);
     v["system"] = system_name(&a.target).into();
     v["workload"] = if w.producers == 1 {
@@ -265,6 +267,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some((rss, hwm)) = rss_after {
         v["server_rss_after_kib"] = rss.into();
         v["server_peak_rss_kib"] = hwm.into();
+    }
+    if let (Some(before), Some(after)) = (written_before, written_after) {
+        // What the run cost the server's disk (flash wear), producers' and consumer's alike.
+        let written = after.saturating_sub(before);
+        v["server_disk_written_bytes"] = written.into();
+        v["server_disk_bytes_per_message"] = (written as f64 / w.messages as f64).round().into();
     }
     print_json(&v);
     Ok(())

@@ -57,6 +57,16 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Bytes a process has caused to be written to storage since it started (`write_bytes` in
+/// `/proc/<pid>/io`): what wears out a router's flash. A page written again after an fsync
+/// counts again; one rewritten before the kernel wrote it back counts once.
+pub fn disk_written_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +100,13 @@ mod tests {
         let (rss, peak) = rss_kib(std::process::id()).unwrap();
         assert!(rss > 0 && peak >= rss);
         assert_eq!(rss_kib(u32::MAX), None);
+    }
+
+    #[test]
+    fn reads_own_disk_writes() {
+        let before = disk_written_bytes(std::process::id()).unwrap();
+        assert!(disk_written_bytes(std::process::id()).unwrap() >= before);
+        assert_eq!(disk_written_bytes(u32::MAX), None);
     }
 }
 
