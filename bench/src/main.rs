@@ -212,6 +212,9 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Some(t) = args.command.target() {
+        t.check()?;
+    }
     rt.block_on(async move {
         match args.command {
             Command::Run(a) => run(a).await,
@@ -230,7 +233,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
-    a.target.check()?;
     anyhow::ensure!(a.size >= 16, "--size must be at least 16");
     anyhow::ensure!(
         a.producers >= 1 && a.in_flight >= 1 && a.messages >= a.producers as u64,
@@ -276,6 +278,18 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     print_json(&v);
     Ok(())
+}
+
+impl Command {
+    /// The system a command drives, if it drives one through [`Target`].
+    fn target(&self) -> Option<&Target> {
+        match self {
+            Command::Run(a) => Some(&a.target),
+            Command::Idle(a) => Some(&a.target),
+            Command::CrashPublish(a) | Command::CrashDrain(a) => Some(&a.target),
+            Command::HubIds { .. } | Command::Hub(_) => None,
+        }
+    }
 }
 
 impl Target {
@@ -329,7 +343,6 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
 }
 
 async fn crash_publish(a: CrashArgs) -> anyhow::Result<()> {
-    a.target.check()?;
     std::fs::create_dir_all(&a.target.state_dir)?;
     let acked = match a.target.system {
         System::Ferry => ferry::crash_publish(&a.target, a.messages, a.size).await?,
