@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot paths: qpq frame encode/decode, a durable store enqueue (one
-//! group commit) and 64 concurrent ones (one commit for all), hybrid envelope seal/open, and
-//! routing decisions in the mesh core. `cargo bench -p ferry-bench --bench hot_paths`.
+//! group commit) and 64 concurrent ones (one commit for all), opening a store that holds
+//! 100,000 messages (it counts them), hybrid envelope seal/open, and routing decisions in the
+//! mesh core. `cargo bench -p ferry-bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -104,6 +105,55 @@ fn store(c: &mut Criterion) {
     g.finish();
 }
 
+/// Opening counts what is stored (schema 2 keeps quota counts in memory): the cost of a
+/// restart with a full store. The file is in the page cache here; on a router, add reading it
+/// from flash once.
+fn store_open(c: &mut Criterion) {
+    const MESSAGES: u64 = 100_000;
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-bench-open")
+        .tempdir_in("/var/tmp")
+        .expect("temp dir");
+    let path = dir.path().join("full.redb");
+    let store = Store::open(&path, StoreConfig::default()).expect("opens");
+    let now = now_ms();
+    let mut n = 0u64;
+    while n < MESSAGES {
+        let batch: Vec<NewMessage> = (0..1024.min(MESSAGES - n))
+            .map(|i| {
+                let k = n + i;
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&k.to_be_bytes());
+                NewMessage {
+                    // 100 recipients with 1,000 messages each.
+                    mailbox: MailboxAddr::default_for(IdentityKey::from_array(
+                        [(k % 100) as u8; 32],
+                    )),
+                    message_id: MessageId::from_array(id),
+                    sender: None,
+                    payload: vec![0x5a; 256],
+                    enqueued_at_ms: now,
+                    expires_at_ms: now + 86_400_000,
+                }
+            })
+            .collect();
+        n += batch.len() as u64;
+        store.enqueue_batch(batch).wait().expect("stored");
+    }
+    store.close();
+    let mut g = c.benchmark_group("store");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(MESSAGES));
+    g.bench_function("open a store holding 100,000 messages (counts them)", |b| {
+        b.iter(|| {
+            let s = Store::open(&path, StoreConfig::default()).expect("opens");
+            assert_eq!(s.depth().expect("depth"), MESSAGES);
+            s.close();
+        })
+    });
+    g.finish();
+}
+
 fn envelopes(c: &mut Criterion) {
     let me = Identity::generate().expect("identity");
     let hybrid = me.hybrid_public_key();
@@ -188,5 +238,5 @@ fn routing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, store, envelopes, routing);
+criterion_group!(benches, frames, store, store_open, envelopes, routing);
 criterion_main!(benches);

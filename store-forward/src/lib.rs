@@ -18,6 +18,8 @@
 //! - `(message_id, mailbox)` maps to exactly one seq until the message's expiry: a retry never
 //!   stores a second copy.
 //! - Quota refusals are decided before anything of the operation is written.
+//! - The counts quotas use (messages and bytes, per recipient and in all) live in memory; they
+//!   are rebuilt from the tables on open and change only after a commit succeeded.
 //! - Nothing read from disk is trusted: a record that does not decode is a [`StoreError`],
 //!   never a panic.
 #![forbid(unsafe_code)]
@@ -39,6 +41,7 @@ mod error;
 mod pending;
 mod schema;
 mod store;
+mod usage;
 mod writer;
 
 pub use config::StoreConfig;

@@ -1,4 +1,4 @@
-//! Tables and record encodings. Schema version 1.
+//! Tables and record encodings. Schema version 2.
 //!
 //! ```text
 //! meta           &str                              -> u64
@@ -7,10 +7,14 @@
 //! messages       (mailbox_id, seq)                 -> message record
 //! dedup          (message_id, mailbox_id)          -> (seq, expires_at_ms)
 //! expiry         (expires_at_ms, mailbox_id, seq)  -> message_id
-//! recipients     recipient key                     -> (messages, bytes)
 //! hybrid_keys    identity key                      -> hybrid public key
 //! fingerprints   SHA-256(identity key)             -> identity key
 //! ```
+//!
+//! Version 2 keeps what is stored (messages and bytes, per recipient and in all, and the same
+//! for custody) in memory instead of in `recipients` and `meta` rows that every commit had to
+//! rewrite; they are counted from `messages` and `custody` when the file opens. Version 1
+//! files are migrated on open: `recipients` and the counter rows are dropped.
 //!
 //! An expiry entry outlives the acknowledgement of its message: it is what finally removes the
 //! dedup entry, so a late retry of an acknowledged message is still recognised.
@@ -22,7 +26,7 @@ use redb::TableDefinition;
 use crate::StoreError;
 
 /// Schema version this build writes.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 pub(crate) const MAILBOXES: TableDefinition<'_, &[u8], (u64, u64)> =
@@ -35,7 +39,8 @@ pub(crate) const DEDUP: TableDefinition<'_, ([u8; MESSAGE_ID_LEN], u64), (u64, u
     TableDefinition::new("dedup");
 pub(crate) const EXPIRY: TableDefinition<'_, (u64, u64, u64), [u8; MESSAGE_ID_LEN]> =
     TableDefinition::new("expiry");
-pub(crate) const RECIPIENTS: TableDefinition<'_, [u8; 32], (u64, u64)> =
+/// Schema 1 only: (messages, bytes) per recipient. Dropped by the migration to version 2.
+pub(crate) const V1_RECIPIENTS: TableDefinition<'_, [u8; 32], (u64, u64)> =
     TableDefinition::new("recipients");
 pub(crate) const HYBRID_KEYS: TableDefinition<'_, [u8; 32], &[u8]> =
     TableDefinition::new("hybrid_keys");
@@ -54,15 +59,23 @@ pub(crate) const PRESENCE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinitio
 
 pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_NEXT_MAILBOX: &str = "next_mailbox_id";
-pub(crate) const META_MESSAGES: &str = "stored_messages";
-pub(crate) const META_BYTES: &str = "stored_bytes";
 pub(crate) const META_EXPIRED: &str = "expired_total";
-pub(crate) const META_CUSTODY_COUNT: &str = "custody_bundles";
-pub(crate) const META_CUSTODY_BYTES: &str = "custody_bytes";
+/// Schema 1 only: counters of what is stored, dropped by the migration to version 2.
+pub(crate) const V1_META_COUNTERS: [&str; 4] = [
+    "stored_messages",
+    "stored_bytes",
+    "custody_bundles",
+    "custody_bytes",
+];
 
 /// Accounting overhead per stored message on top of its payload: keys, indexes and the record
 /// header. Quotas count `payload + MESSAGE_OVERHEAD`.
 pub(crate) const MESSAGE_OVERHEAD: u64 = 128;
+
+/// What a stored message or bundle with `payload_len` bytes of payload counts against quotas.
+pub(crate) fn cost(payload_len: usize) -> u64 {
+    payload_len as u64 + MESSAGE_OVERHEAD
+}
 
 /// Encodes a mailbox address: recipient(32) | channel_len u8 | channel | device_len u8 | device.
 pub(crate) fn encode_addr(addr: &MailboxAddr) -> Vec<u8> {

@@ -1,7 +1,7 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,10 @@ use crate::backend::{CountingBackend, IoCounters};
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport};
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
-    MAILBOXES, MESSAGES, META, META_BYTES, META_CUSTODY_BYTES, META_CUSTODY_COUNT, META_EXPIRED,
-    META_MESSAGES, META_SCHEMA, PRESENCE, RECIPIENTS, SCHEMA_VERSION,
+    MAILBOXES, MESSAGES, META, META_EXPIRED, META_SCHEMA, PRESENCE, SCHEMA_VERSION,
+    V1_META_COUNTERS, V1_RECIPIENTS,
 };
+use crate::usage::Usage;
 use crate::writer::{self, Job, WriteOp};
 use crate::{Pending, StoreConfig, StoreError};
 
@@ -151,6 +152,9 @@ impl std::fmt::Debug for Outcome {
 pub(crate) struct Shared {
     /// `None` while the database is being reopened after an IO failure.
     pub(crate) db: RwLock<Option<Arc<Database>>>,
+    /// What the database holds, as of its last commit. Changed only by the writer, after a
+    /// commit and before anyone is answered.
+    pub(crate) usage: RwLock<Usage>,
     pub(crate) path: PathBuf,
     pub(crate) config: StoreConfig,
     pub(crate) io: Arc<IoCounters>,
@@ -203,8 +207,7 @@ pub(crate) fn open_database(
         .create_with_backend(backend)?;
     let txn = db.begin_write()?;
     {
-        let mut meta = txn.open_table(META)?;
-        let found = meta.get(META_SCHEMA)?.map(|v| v.value());
+        let found = txn.open_table(META)?.get(META_SCHEMA)?.map(|v| v.value());
         match found {
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError::SchemaTooNew {
@@ -212,9 +215,26 @@ pub(crate) fn open_database(
                     supported: SCHEMA_VERSION,
                 });
             }
-            Some(_) => {}
-            None => {
+            Some(SCHEMA_VERSION) => {}
+            Some(1) => {
+                // Version 1 counted what is stored in rows that every commit rewrote; version
+                // 2 counts it in memory when the file opens.
+                txn.delete_table(V1_RECIPIENTS)?;
+                let mut meta = txn.open_table(META)?;
+                for key in V1_META_COUNTERS {
+                    meta.remove(key)?;
+                }
                 meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                tracing::info!(path = %path.display(), "database migrated from schema 1 to 2");
+            }
+            Some(_) => {
+                return Err(StoreError::Corrupt {
+                    table: "meta",
+                    reason: "unknown schema version",
+                });
+            }
+            None => {
+                txn.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION)?;
             }
         }
         // Create every table, so read transactions never meet a missing one.
@@ -223,7 +243,6 @@ pub(crate) fn open_database(
         txn.open_table(MESSAGES)?;
         txn.open_table(schema::DEDUP)?;
         txn.open_table(EXPIRY)?;
-        txn.open_table(schema::RECIPIENTS)?;
         txn.open_table(HYBRID_KEYS)?;
         txn.open_table(FINGERPRINTS)?;
         txn.open_table(CUSTODY)?;
@@ -253,9 +272,11 @@ impl Store {
         }
         let io = Arc::new(IoCounters::default());
         let db = open_database(&path, &config, &io)?;
+        let usage = Usage::scan(&db)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
+            usage: RwLock::new(usage),
             path,
             config,
             io,
@@ -617,11 +638,16 @@ impl Store {
 
     /// Whether `recipient` has messages in a mailbox here.
     pub fn has_mail(&self, recipient: &IdentityKey) -> Result<bool, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
-        let t = rtx.open_table(RECIPIENTS)?;
-        let found = t.get(recipient.as_bytes())?;
-        Ok(found.is_some_and(|v| v.value().0 > 0))
+        self.db()?;
+        Ok(self.usage().of(recipient).0 > 0)
+    }
+
+    /// The in-memory counts of what is stored (never poisoned: plain numbers).
+    fn usage(&self) -> std::sync::RwLockReadGuard<'_, Usage> {
+        self.shared
+            .usage
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether any bundle in custody is for `recipient` (a read; no write when there is none).
@@ -671,12 +697,10 @@ impl Store {
         Ok(t.get(key)?.map(|v| v.value()))
     }
 
-    /// Messages stored in all mailboxes (cheap: one counter).
+    /// Messages stored in all mailboxes (cheap: one counter in memory).
     pub fn depth(&self) -> Result<u64, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
-        let meta = rtx.open_table(META)?;
-        Ok(meta.get(META_MESSAGES)?.map(|v| v.value()).unwrap_or(0))
+        self.db()?;
+        Ok(self.usage().messages)
     }
 
     /// Writer counters only (no database access).
@@ -718,15 +742,19 @@ impl Store {
         let file_bytes = std::fs::metadata(&self.shared.path)
             .map(|m| m.len())
             .unwrap_or(0);
+        let (messages, bytes, custody_bundles, custody_bytes) = {
+            let u = self.usage();
+            (u.messages, u.bytes, u.custody_count, u.custody_bytes)
+        };
         Ok(StoreStats {
-            messages: get(META_MESSAGES)?,
-            bytes: get(META_BYTES)?,
+            messages,
+            bytes,
             mailboxes,
             expired_total: get(META_EXPIRED)?,
             oldest_enqueued_ms: oldest,
             file_bytes,
-            custody_bundles: get(META_CUSTODY_COUNT)?,
-            custody_bytes: get(META_CUSTODY_BYTES)?,
+            custody_bundles,
+            custody_bytes,
             writer: self.writer_stats(),
         })
     }
@@ -756,6 +784,8 @@ impl Shared {
             }
         }
         let db = Arc::new(open_database(&self.path, &self.config, &self.io)?);
+        let usage = Usage::scan(&db)?;
+        *self.usage.write().unwrap_or_else(PoisonError::into_inner) = usage;
         self.counters.reopens.fetch_add(1, Ordering::Relaxed);
         *slot = Some(Arc::clone(&db));
         tracing::info!(path = %self.path.display(), "database reopened after an IO failure");

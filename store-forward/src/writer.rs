@@ -5,8 +5,8 @@
 //! it in one write transaction, commits it durably, and only then answers every operation.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use ferry_proto::types::{BundleDigest, HybridPublicKey, IdentityKey, MailboxAddr};
@@ -16,11 +16,11 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
-    MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD, MESSAGES, META, META_BYTES, META_CUSTODY_BYTES,
-    META_CUSTODY_COUNT, META_EXPIRED, META_MESSAGES, META_NEXT_MAILBOX, PRESENCE, RECIPIENTS,
-    Record,
+    MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD, MESSAGES, META, META_EXPIRED, META_NEXT_MAILBOX,
+    PRESENCE, Record, cost,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
+use crate::usage::{Usage, UsageChange};
 use crate::{QuotaScope, StoreConfig, StoreError};
 
 pub(crate) enum WriteOp {
@@ -136,7 +136,7 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
         Some(db) => Ok(db),
         None => shared.reopen(),
     };
-    let result = db.and_then(|db| apply_all(&db, &shared.config, batch));
+    let result = db.and_then(|db| apply_all(&db, shared, batch));
     let ok = result.is_ok();
     let elapsed = started.elapsed();
     // Counters and the observer (metrics) see a commit before anyone is answered, so a
@@ -179,12 +179,14 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
 
 type Outcomes = Vec<Result<Outcome, StoreError>>;
 
-fn apply_all(db: &Database, cfg: &StoreConfig, batch: &[Job]) -> Result<Outcomes, StoreError> {
+/// Applies and commits a batch; the in-memory usage follows only once the commit succeeded.
+fn apply_all(db: &Database, shared: &Shared, batch: &[Job]) -> Result<Outcomes, StoreError> {
+    let cfg = &shared.config;
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    {
-        let mut t = Tables::open(&txn)?;
+    let change = {
+        let mut t = Tables::open(&txn, &shared.usage)?;
         for job in batch {
             match apply(&mut t, cfg, &job.op) {
                 Ok(o) => outcomes.push(Ok(o)),
@@ -192,9 +194,14 @@ fn apply_all(db: &Database, cfg: &StoreConfig, batch: &[Job]) -> Result<Outcomes
                 Err(ApplyError::Fatal(e)) => return Err(e),
             }
         }
-        t.flush()?;
-    }
+        t.flush()?
+    };
     txn.commit()?;
+    shared
+        .usage
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .apply(change);
     Ok(outcomes)
 }
 
@@ -286,7 +293,9 @@ fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome,
     }
 }
 
-/// Node-wide counters, read at the start of a transaction and written once at its end.
+/// Node-wide counters, read at the start of a transaction. `next_mailbox` and `expired` are
+/// rows of `meta`, written at its end when `dirty`; the others are in-memory [`Usage`],
+/// changed once the transaction has committed.
 struct Meta {
     messages: u64,
     bytes: u64,
@@ -312,6 +321,8 @@ pub(crate) struct Tables<'t> {
     mailbox_rows: HashMap<Vec<u8>, Cached<(u64, u64)>>,
     /// Recipient usage (messages, bytes) touched in this transaction.
     usage_rows: HashMap<IdentityKey, Cached<(u64, u64)>>,
+    /// Usage as of the last commit, where recipients not yet touched are looked up.
+    committed_usage: &'t RwLock<Usage>,
     /// Recipient of each mailbox id looked up in this transaction (read-only rows).
     recipient_of: HashMap<u64, IdentityKey>,
     mailboxes: Table<'t, &'static [u8], (u64, u64)>,
@@ -319,7 +330,6 @@ pub(crate) struct Tables<'t> {
     messages: Table<'t, (u64, u64), &'static [u8]>,
     dedup: Table<'t, ([u8; 16], u64), (u64, u64)>,
     expiry: Table<'t, (u64, u64, u64), [u8; 16]>,
-    recipients: Table<'t, [u8; 32], (u64, u64)>,
     hybrid: Table<'t, [u8; 32], &'static [u8]>,
     fingerprints: Table<'t, [u8; 32], [u8; 32]>,
     custody: Table<'t, [u8; 16], &'static [u8]>,
@@ -329,24 +339,23 @@ pub(crate) struct Tables<'t> {
     swept_this_txn: bool,
 }
 
-fn cost(payload_len: usize) -> u64 {
-    payload_len as u64 + MESSAGE_OVERHEAD
-}
-
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    fn open(txn: &'t WriteTransaction, usage: &'t RwLock<Usage>) -> Result<Self, StoreError> {
         let meta_table = txn.open_table(META)?;
         let get = |k: &str| -> Result<u64, StoreError> {
             Ok(meta_table.get(k)?.map(|v| v.value()).unwrap_or(0))
         };
-        let meta = Meta {
-            messages: get(META_MESSAGES)?,
-            bytes: get(META_BYTES)?,
-            next_mailbox: get(META_NEXT_MAILBOX)?.max(1),
-            expired: get(META_EXPIRED)?,
-            custody_count: get(META_CUSTODY_COUNT)?,
-            custody_bytes: get(META_CUSTODY_BYTES)?,
-            dirty: false,
+        let meta = {
+            let u = usage.read().unwrap_or_else(PoisonError::into_inner);
+            Meta {
+                messages: u.messages,
+                bytes: u.bytes,
+                next_mailbox: get(META_NEXT_MAILBOX)?.max(1),
+                expired: get(META_EXPIRED)?,
+                custody_count: u.custody_count,
+                custody_bytes: u.custody_bytes,
+                dirty: false,
+            }
         };
         Ok(Self {
             meta_table,
@@ -356,7 +365,6 @@ impl<'t> Tables<'t> {
             messages: txn.open_table(MESSAGES)?,
             dedup: txn.open_table(DEDUP)?,
             expiry: txn.open_table(EXPIRY)?,
-            recipients: txn.open_table(RECIPIENTS)?,
             hybrid: txn.open_table(HYBRID_KEYS)?,
             fingerprints: txn.open_table(FINGERPRINTS)?,
             custody: txn.open_table(CUSTODY)?,
@@ -366,38 +374,36 @@ impl<'t> Tables<'t> {
             swept_this_txn: false,
             mailbox_rows: HashMap::new(),
             usage_rows: HashMap::new(),
+            committed_usage: usage,
             recipient_of: HashMap::new(),
         })
     }
 
-    /// Writes the rows cached during the transaction.
-    fn flush(&mut self) -> Result<(), StoreError> {
+    /// Writes the rows cached during the transaction; returns the usage it leaves, for
+    /// [`Usage::apply`] once it has committed.
+    fn flush(&mut self) -> Result<UsageChange, StoreError> {
         for (addr, row) in self.mailbox_rows.drain() {
             if row.dirty {
                 self.mailboxes.insert(addr.as_slice(), row.value)?;
             }
         }
-        for (recipient, row) in self.usage_rows.drain() {
-            if row.dirty {
-                if row.value.0 == 0 {
-                    self.recipients.remove(recipient.as_bytes())?;
-                } else {
-                    self.recipients.insert(recipient.as_bytes(), row.value)?;
-                }
-            }
-        }
         if self.meta.dirty {
-            self.meta_table.insert(META_MESSAGES, self.meta.messages)?;
-            self.meta_table.insert(META_BYTES, self.meta.bytes)?;
             self.meta_table
                 .insert(META_NEXT_MAILBOX, self.meta.next_mailbox)?;
             self.meta_table.insert(META_EXPIRED, self.meta.expired)?;
-            self.meta_table
-                .insert(META_CUSTODY_COUNT, self.meta.custody_count)?;
-            self.meta_table
-                .insert(META_CUSTODY_BYTES, self.meta.custody_bytes)?;
         }
-        Ok(())
+        Ok(UsageChange {
+            messages: self.meta.messages,
+            bytes: self.meta.bytes,
+            custody_count: self.meta.custody_count,
+            custody_bytes: self.meta.custody_bytes,
+            recipients: self
+                .usage_rows
+                .drain()
+                .filter(|(_, row)| row.dirty)
+                .map(|(r, row)| (r, row.value))
+                .collect(),
+        })
     }
 
     /// The (id, last seq) row of a mailbox, through the transaction's cache.
@@ -437,10 +443,10 @@ impl<'t> Tables<'t> {
             return Ok(row.value);
         }
         let value = self
-            .recipients
-            .get(recipient.as_bytes())?
-            .map(|v| v.value())
-            .unwrap_or((0, 0));
+            .committed_usage
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of(recipient);
         self.usage_rows.insert(
             *recipient,
             Cached {
@@ -481,7 +487,6 @@ impl<'t> Tables<'t> {
         self.set_usage(recipient, (n.saturating_sub(1), b.saturating_sub(c)));
         self.meta.messages = self.meta.messages.saturating_sub(1);
         self.meta.bytes = self.meta.bytes.saturating_sub(c);
-        self.meta.dirty = true;
         Ok(())
     }
 
@@ -720,7 +725,6 @@ impl<'t> Tables<'t> {
         self.set_usage(m.mailbox.recipient, (n + 1, b + c));
         self.meta.messages += 1;
         self.meta.bytes += c;
-        self.meta.dirty = true;
         Ok(Enqueued {
             seq,
             duplicate: false,
@@ -735,7 +739,6 @@ impl<'t> Tables<'t> {
         self.custody_expiry.insert((r.expires_at_ms, d), ())?;
         self.meta.custody_count += 1;
         self.meta.custody_bytes += cost(r.payload.len());
-        self.meta.dirty = true;
         Ok(())
     }
 
@@ -754,7 +757,6 @@ impl<'t> Tables<'t> {
             .meta
             .custody_bytes
             .saturating_sub(cost(r.payload.len()));
-        self.meta.dirty = true;
         Ok(Some(r))
     }
 

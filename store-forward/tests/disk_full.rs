@@ -113,6 +113,8 @@ fn disk_full_child() {
         assert_eq!(m.payload, vec![m.payload[0]; 2000]);
     }
     assert!(store.writer_stats().reopens >= 1);
+    // The counts quotas use include no write of a failed commit.
+    assert_eq!(store.stats().unwrap().messages, acked.len() as u64 + 1);
     store.close();
     // And it all survives a clean reopen.
     let store = Store::open(dir.join("full.redb"), StoreConfig::default()).unwrap();
