@@ -69,6 +69,7 @@ async fn produce(
     ids: std::ops::Range<u64>,
     size: usize,
     in_flight: usize,
+    random_ids: bool,
     rec: Arc<Recorder>,
 ) -> anyhow::Result<()> {
     let window = Arc::new(Semaphore::new(in_flight));
@@ -82,7 +83,11 @@ async fn produce(
             payload: loadgen::stamp(n, size),
             channel_id: vec![],
             ttl_secs: 3600,
-            message_id: loadgen::message_id(n),
+            message_id: if random_ids {
+                loadgen::random_message_id()?
+            } else {
+                loadgen::message_id(n)
+            },
             sealed_sender: false,
             device_id: vec![],
         };
@@ -164,6 +169,7 @@ pub(crate) async fn run(t: &Target, w: &Workload, rec: Arc<Recorder>) -> anyhow:
                 ids,
                 w.size,
                 w.in_flight,
+                t.random_ids,
                 Arc::clone(&rec),
             )
         })
@@ -235,6 +241,7 @@ pub(crate) async fn crash_publish(t: &Target, n: u64, size: usize) -> anyhow::Re
         0..n,
         size,
         64,
+        t.random_ids,
         Arc::clone(&rec),
     )
     .await?;

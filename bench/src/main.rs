@@ -104,6 +104,10 @@ struct Target {
     /// waiting on a connection into EnqueueMany (812) requests, one stream and one commit each.
     #[arg(long)]
     batch: bool,
+    /// Ferry only: random message ids, as from a client that does not make time-ordered ones
+    /// (by default they are time-ordered, like the client library's).
+    #[arg(long)]
+    random_ids: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -298,6 +302,10 @@ impl Target {
         anyhow::ensure!(
             !self.batch || self.system == System::Ferry,
             "--batch applies to --system ferry only (MQTT and NATS clients pipeline on their own)"
+        );
+        anyhow::ensure!(
+            !self.random_ids || self.system == System::Ferry,
+            "--random-ids applies to --system ferry only (MQTT and NATS have no message ids)"
         );
         Ok(())
     }

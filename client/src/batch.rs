@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_proto::Status;
-use ferry_proto::limits::{MAX_ENQUEUE_MANY, MESSAGE_ID_LEN};
+use ferry_proto::limits::MAX_ENQUEUE_MANY;
 use ferry_proto::qpq::v1 as pb;
 use prost::Message;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -82,7 +82,7 @@ impl Batcher {
         mut req: pb::EnqueueRequest,
     ) -> Result<pb::EnqueueResponse, ClientError> {
         if req.message_id.is_empty() {
-            req.message_id = crate::random::<MESSAGE_ID_LEN>()?.to_vec();
+            req.message_id = crate::new_message_id()?.as_bytes().to_vec();
         }
         let (answer, rx) = oneshot::channel();
         self.tx

@@ -45,9 +45,40 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A new message id: time-ordered ([`MessageId::time_ordered`]), so the nodes that store it
+/// write less flash than for a random one.
+pub fn new_message_id() -> Result<ferry_proto::types::MessageId, ClientError> {
+    Ok(ferry_proto::types::MessageId::time_ordered(
+        now_ms(),
+        random::<10>()?,
+    ))
+}
+
 /// Fills a buffer from the operating system's CSPRNG.
 pub(crate) fn random<const N: usize>() -> Result<[u8; N], ClientError> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|_| ClientError::Random)?;
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn new_message_ids_are_time_ordered_and_distinct() {
+        let before = super::now_ms();
+        let a = super::new_message_id().unwrap();
+        let b = super::new_message_id().unwrap();
+        let after = super::now_ms();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let mut ms = [0u8; 8];
+            ms[2..].copy_from_slice(&id.as_bytes()[..6]);
+            let ms = u64::from_be_bytes(ms);
+            assert!(
+                (before..=after).contains(&ms),
+                "{ms} not in {before}..={after}"
+            );
+            assert_eq!(id.as_bytes()[6] >> 4, 7);
+        }
+    }
 }

@@ -20,12 +20,19 @@ pub fn stamp(id: u64, size: usize) -> Vec<u8> {
     p
 }
 
-/// A message id unique across runs: the time now (ns), then `n`, big-endian.
+/// A message id unique across runs and time-ordered, like the client library's: the time now
+/// (ns), then `n`, big-endian.
 pub fn message_id(n: u64) -> Vec<u8> {
     let mut id = Vec::with_capacity(16);
     id.extend_from_slice(&unix_nanos().to_be_bytes());
     id.extend_from_slice(&n.to_be_bytes());
     id
+}
+
+/// A random message id, as a qpq client sends that does not make time-ordered ones (the
+/// node's dedup index then writes a random page per message; docs/benchmarks.md).
+pub fn random_message_id() -> Result<Vec<u8>, crate::ClientError> {
+    Ok(crate::random::<16>()?.to_vec())
 }
 
 /// The id and send time of a [`stamp`]ed message; `None` if it is too short to be one.

@@ -347,8 +347,9 @@ pub(crate) fn new_message(
     let ttl = resolve_ttl(ttl_secs, state.cfg.default_ttl_secs, state.cfg.max_ttl_secs)?;
     let message_id = match message_id {
         Some(id) => id,
-        None => MessageId::from_array(
-            random::<16>()
+        None => MessageId::time_ordered(
+            crate::now_ms(),
+            random::<10>()
                 .ok_or_else(|| Reply::err(Status::Internal, "random number generator failed"))?,
         ),
     };
@@ -527,7 +528,7 @@ async fn batch_enqueue(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> R
     // One id for the whole batch: without one, a retry could not be recognised.
     let id = match b.message_id {
         Some(id) => Some(id),
-        None => random::<16>().map(MessageId::from_array),
+        None => random::<10>().map(|r| MessageId::time_ordered(crate::now_ms(), r)),
     };
     for r in &b.recipients {
         let mailbox = MailboxAddr {

@@ -7,7 +7,8 @@ use ferry_proto::limits::{
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{
     AuthProof, BatchEnqueue, ChannelId, Enqueue, EnqueueMany, FetchHybridKeys, FetchWait,
-    Fingerprint, HybridKeyLookup, IdentityKey, MailboxRead, UploadHybridKey, resolve_ttl,
+    Fingerprint, HybridKeyLookup, IdentityKey, MailboxRead, MessageId, UploadHybridKey,
+    resolve_ttl,
 };
 
 fn enqueue() -> pb::EnqueueRequest {
@@ -255,4 +256,26 @@ fn textual_forms() {
         hex::encode(fp.as_bytes()),
         "9a2db2e23f1504cd056606553ac049c5e718e8f9ce9233876df1a7a1821af885"
     );
+}
+
+#[test]
+fn time_ordered_message_ids() {
+    let ms = 0x0193_4a5b_6c7d_u64;
+    let id = MessageId::time_ordered(ms, [0xff; 10]);
+    let b = id.as_bytes();
+    assert_eq!(b[..6], ms.to_be_bytes()[2..]);
+    assert_eq!(b[6] >> 4, 7, "UUID version 7");
+    assert_eq!(b[8] >> 6, 0b10, "RFC 9562 variant");
+    assert_eq!(b[9..], [0xff; 7]);
+    // Random bits never carry into the time or the version and variant bits.
+    let zero = MessageId::time_ordered(ms, [0; 10]);
+    assert_eq!(zero.as_bytes()[..6], b[..6]);
+    assert_eq!(zero.as_bytes()[6], 0x70);
+    assert_eq!(zero.as_bytes()[8], 0x80);
+    // Later ids sort after earlier ones, whatever their random part.
+    assert!(MessageId::time_ordered(ms + 1, [0; 10]) > id);
+    // Only 48 bits of time: later times wrap rather than spill into the version.
+    let far = MessageId::time_ordered(u64::MAX, [0; 10]);
+    assert_eq!(far.as_bytes()[..6], [0xff; 6]);
+    assert_eq!(far.as_bytes()[6], 0x70);
 }

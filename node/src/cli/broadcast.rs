@@ -48,9 +48,7 @@ pub(crate) struct SubscribeArgs {
 pub(crate) async fn publish(args: BroadcastArgs) -> anyhow::Result<()> {
     let id = super::load_identity(&crate::identity_path(args.id))?;
     let topic = Topic::from_passphrase(&args.topic);
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).context("system random number generator")?;
-    let msg = MessageId::from_array(raw);
+    let msg = ferry_client::new_message_id()?;
     let sealed = topic.seal(&id, &msg, ferry_client::now_ms(), &args.text)?;
     let client = args.node.connect().await?;
     client

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_proto::types::{Fingerprint, HybridKeyLookup, IdentityKey, MessageId};
+use ferry_proto::types::{Fingerprint, HybridKeyLookup, IdentityKey};
 
 use super::{NodeFlags, login, out};
 
@@ -74,9 +74,7 @@ async fn send_one(
     text: &str,
     client: &mut Option<ferry_client::Client>,
 ) -> anyhow::Result<()> {
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).context("system random number generator")?;
-    let message_id = MessageId::from_array(raw);
+    let message_id = ferry_client::new_message_id()?;
     // Retrying with the same message id is safe: the node stores it once.
     let mut attempt = 0;
     let (recipient, resp) = loop {
