@@ -29,8 +29,8 @@ pub fn message_id(n: u64) -> Vec<u8> {
     id
 }
 
-/// A random message id, as a qpq client sends that does not make time-ordered ones (the
-/// node's dedup index then writes a random page per message; docs/benchmarks.md).
+/// A random message id, like those of a qpq client that does not make time-ordered ones (the
+/// node's dedup index then rewrites a random page per message; docs/benchmarks.md).
 pub fn random_message_id() -> Result<Vec<u8>, crate::ClientError> {
     Ok(crate::random::<16>()?.to_vec())
 }
