@@ -93,14 +93,55 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text its parent
+/// already ends with (errors like `store: {0}` show their source in their own text).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 #[cfg(feature = "client")]
 /// The identity file to use: the flag, or the default under the XDG config directory.
 fn identity_path(flag: Option<std::path::PathBuf>) -> std::path::PathBuf {
     flag.unwrap_or_else(ferry_client::Identity::default_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[test]
+    fn report_names_each_cause_once() {
+        let e = anyhow::Error::new(ferry_node::NodeError::Store(
+            ferry_store::StoreError::SchemaTooNew {
+                found: 3,
+                supported: 2,
+            },
+        ))
+        .context("starting the node");
+        let r = report(&e);
+        assert!(
+            r.starts_with("starting the node: store: database schema version 3 is newer"),
+            "{r}"
+        );
+        assert_eq!(r.matches("schema version").count(), 1, "{r}");
+        let plain = anyhow::anyhow!("outer").context("top");
+        assert_eq!(report(&plain), "top: outer");
+    }
 }

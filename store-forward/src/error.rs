@@ -59,7 +59,10 @@ pub enum StoreError {
         reason: &'static str,
     },
     /// The database was written by a newer Ferry.
-    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    #[error(
+        "database schema version {found} is newer than this build supports ({supported}): a \
+         newer Ferry wrote it; run that version, or a copy of the file made before the upgrade"
+    )]
     SchemaTooNew {
         /// Version in the file.
         found: u64,
