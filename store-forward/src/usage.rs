@@ -2,10 +2,10 @@
 //!
 //! Quotas need, in every enqueue, the messages and bytes stored for the recipient and in all.
 //! Schema 1 kept those counts in `recipients` and `meta` rows, which cost every commit two more
-//! B-tree leaves and their table roots (about an eighth of the bytes a commit wrote). Schema 2
-//! keeps them here instead: counted from `messages` and `custody` when the database opens, and
-//! changed by the writer only after a transaction has committed, so they always describe what
-//! is on disk.
+//! B-tree leaves and their table roots (a tenth of the bytes written per message one-to-one).
+//! Schema 2 keeps them here instead: counted from `messages` and `custody` when the database
+//! opens, and changed by the writer only after a transaction has committed, so they always
+//! describe what is on disk.
 
 use std::collections::HashMap;
 
