@@ -72,6 +72,15 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+# -Zbuild-std builds std itself, but aarch64 and x86_64 still link with the musl crt objects
+# (crt1.o, crti.o …) of their rust-std component. armv7 and mipsel have no rust-std to
+# download (armv7 links with zig's crt objects, see rustflags below).
+for triple in aarch64-unknown-linux-musl x86_64-unknown-linux-musl; do
+    if ! rustup target list --installed | grep -qx "$triple"; then
+        echo "cross-build: installing the $triple target"
+        rustup target add "$triple"
+    fi
+done
 if [ "$(python3 -m ziglang version 2>/dev/null)" != "$ZIG_VERSION" ]; then
     echo "cross-build: installing zig $ZIG_VERSION (PyPI ziglang)"
     python3 -m pip install --quiet "ziglang==$ZIG_VERSION"
