@@ -700,7 +700,7 @@ impl Store {
     /// Messages stored in all mailboxes (cheap: one counter in memory).
     pub fn depth(&self) -> Result<u64, StoreError> {
         self.db()?;
-        Ok(self.usage().messages)
+        Ok(self.usage().totals.messages)
     }
 
     /// Writer counters only (no database access).
@@ -742,19 +742,16 @@ impl Store {
         let file_bytes = std::fs::metadata(&self.shared.path)
             .map(|m| m.len())
             .unwrap_or(0);
-        let (messages, bytes, custody_bundles, custody_bytes) = {
-            let u = self.usage();
-            (u.messages, u.bytes, u.custody_count, u.custody_bytes)
-        };
+        let totals = self.usage().totals;
         Ok(StoreStats {
-            messages,
-            bytes,
+            messages: totals.messages,
+            bytes: totals.bytes,
             mailboxes,
             expired_total: get(META_EXPIRED)?,
             oldest_enqueued_ms: oldest,
             file_bytes,
-            custody_bundles,
-            custody_bytes,
+            custody_bundles: totals.custody_count,
+            custody_bytes: totals.custody_bytes,
             writer: self.writer_stats(),
         })
     }

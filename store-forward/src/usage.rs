@@ -16,9 +16,9 @@ use crate::StoreError;
 use crate::custody;
 use crate::schema::{self, CUSTODY, MAILBOX_ADDRS, MESSAGES};
 
-/// Counts of what is stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
+/// Node-wide counts of what is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
     /// Messages in all mailboxes.
     pub(crate) messages: u64,
     /// Their accounted bytes (payload plus the per-message overhead).
@@ -27,6 +27,12 @@ pub(crate) struct Usage {
     pub(crate) custody_count: u64,
     /// Their accounted bytes.
     pub(crate) custody_bytes: u64,
+}
+
+/// Counts of what is stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) totals: Totals,
     /// (messages, bytes) of each recipient that has messages stored; never a zero entry.
     pub(crate) recipients: HashMap<IdentityKey, (u64, u64)>,
 }
@@ -34,10 +40,7 @@ pub(crate) struct Usage {
 /// What one transaction changed: the new totals and the recipients whose counts it touched.
 #[derive(Debug)]
 pub(crate) struct UsageChange {
-    pub(crate) messages: u64,
-    pub(crate) bytes: u64,
-    pub(crate) custody_count: u64,
-    pub(crate) custody_bytes: u64,
+    pub(crate) totals: Totals,
     pub(crate) recipients: Vec<(IdentityKey, (u64, u64))>,
 }
 
@@ -72,8 +75,8 @@ impl Usage {
                 }
             };
             let c = schema::cost(payload_len);
-            usage.messages += 1;
-            usage.bytes += c;
+            usage.totals.messages += 1;
+            usage.totals.bytes += c;
             match recipient_of.get(&mailbox) {
                 Some(r) => {
                     let e = usage.recipients.entry(*r).or_default();
@@ -92,8 +95,8 @@ impl Usage {
                     record.value().len()
                 }
             };
-            usage.custody_count += 1;
-            usage.custody_bytes += schema::cost(payload_len);
+            usage.totals.custody_count += 1;
+            usage.totals.custody_bytes += schema::cost(payload_len);
         }
         if unreadable > 0 {
             tracing::warn!(
@@ -106,10 +109,7 @@ impl Usage {
 
     /// Applies a committed transaction's changes.
     pub(crate) fn apply(&mut self, change: UsageChange) {
-        self.messages = change.messages;
-        self.bytes = change.bytes;
-        self.custody_count = change.custody_count;
-        self.custody_bytes = change.custody_bytes;
+        self.totals = change.totals;
         for (recipient, (n, b)) in change.recipients {
             if n == 0 {
                 self.recipients.remove(&recipient);
@@ -177,8 +177,8 @@ mod tests {
         }
         txn.commit().unwrap();
         let u = Usage::scan(&db).unwrap();
-        assert_eq!(u.messages, 3);
-        assert_eq!(u.bytes, 2 * schema::cost(5) + schema::cost(10));
+        assert_eq!(u.totals.messages, 3);
+        assert_eq!(u.totals.bytes, 2 * schema::cost(5) + schema::cost(10));
         assert_eq!(
             u.of(&IdentityKey::from_array([1; 32])),
             (2, schema::cost(5) + schema::cost(10))
@@ -191,10 +191,11 @@ mod tests {
         let r = IdentityKey::from_array([1; 32]);
         let mut u = Usage::default();
         let change = |n, b| UsageChange {
-            messages: n,
-            bytes: b,
-            custody_count: 0,
-            custody_bytes: 0,
+            totals: Totals {
+                messages: n,
+                bytes: b,
+                ..Totals::default()
+            },
             recipients: vec![(r, (n, b))],
         };
         u.apply(change(2, 300));

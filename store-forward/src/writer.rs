@@ -20,7 +20,7 @@ use crate::schema::{
     PRESENCE, Record, cost,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
-use crate::usage::{Usage, UsageChange};
+use crate::usage::{Totals, Usage, UsageChange};
 use crate::{QuotaScope, StoreConfig, StoreError};
 
 pub(crate) enum WriteOp {
@@ -294,15 +294,12 @@ fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome,
 }
 
 /// Node-wide counters, read at the start of a transaction. `next_mailbox` and `expired` are
-/// rows of `meta`, written at its end when `dirty`; the others are in-memory [`Usage`],
+/// rows of `meta`, written at its end when `dirty`; `totals` are in-memory [`Usage`],
 /// changed once the transaction has committed.
 struct Meta {
-    messages: u64,
-    bytes: u64,
+    totals: Totals,
     next_mailbox: u64,
     expired: u64,
-    custody_count: u64,
-    custody_bytes: u64,
     dirty: bool,
 }
 
@@ -346,14 +343,11 @@ impl<'t> Tables<'t> {
             Ok(meta_table.get(k)?.map(|v| v.value()).unwrap_or(0))
         };
         let meta = {
-            let u = usage.read().unwrap_or_else(PoisonError::into_inner);
+            let totals = usage.read().unwrap_or_else(PoisonError::into_inner).totals;
             Meta {
-                messages: u.messages,
-                bytes: u.bytes,
+                totals,
                 next_mailbox: get(META_NEXT_MAILBOX)?.max(1),
                 expired: get(META_EXPIRED)?,
-                custody_count: u.custody_count,
-                custody_bytes: u.custody_bytes,
                 dirty: false,
             }
         };
@@ -393,10 +387,7 @@ impl<'t> Tables<'t> {
             self.meta_table.insert(META_EXPIRED, self.meta.expired)?;
         }
         Ok(UsageChange {
-            messages: self.meta.messages,
-            bytes: self.meta.bytes,
-            custody_count: self.meta.custody_count,
-            custody_bytes: self.meta.custody_bytes,
+            totals: self.meta.totals,
             recipients: self
                 .usage_rows
                 .drain()
@@ -485,8 +476,8 @@ impl<'t> Tables<'t> {
         let c = payload_len + MESSAGE_OVERHEAD;
         let (n, b) = self.usage(&recipient)?;
         self.set_usage(recipient, (n.saturating_sub(1), b.saturating_sub(c)));
-        self.meta.messages = self.meta.messages.saturating_sub(1);
-        self.meta.bytes = self.meta.bytes.saturating_sub(c);
+        self.meta.totals.messages = self.meta.totals.messages.saturating_sub(1);
+        self.meta.totals.bytes = self.meta.totals.bytes.saturating_sub(c);
         Ok(())
     }
 
@@ -582,8 +573,9 @@ impl<'t> Tables<'t> {
             let mut over = None;
             if self
                 .meta
+                .totals
                 .bytes
-                .saturating_add(self.meta.custody_bytes)
+                .saturating_add(self.meta.totals.custody_bytes)
                 .saturating_add(total)
                 > cfg.max_total_bytes
             {
@@ -723,8 +715,8 @@ impl<'t> Tables<'t> {
         let c = cost(m.payload.len());
         let (n, b) = self.usage(&m.mailbox.recipient)?;
         self.set_usage(m.mailbox.recipient, (n + 1, b + c));
-        self.meta.messages += 1;
-        self.meta.bytes += c;
+        self.meta.totals.messages += 1;
+        self.meta.totals.bytes += c;
         Ok(Enqueued {
             seq,
             duplicate: false,
@@ -737,8 +729,8 @@ impl<'t> Tables<'t> {
         self.custody_by_recipient
             .insert((*r.mailbox.recipient.as_bytes(), d), ())?;
         self.custody_expiry.insert((r.expires_at_ms, d), ())?;
-        self.meta.custody_count += 1;
-        self.meta.custody_bytes += cost(r.payload.len());
+        self.meta.totals.custody_count += 1;
+        self.meta.totals.custody_bytes += cost(r.payload.len());
         Ok(())
     }
 
@@ -752,9 +744,10 @@ impl<'t> Tables<'t> {
             .remove((*r.mailbox.recipient.as_bytes(), *d.as_bytes()))?;
         self.custody_expiry
             .remove((r.expires_at_ms, *d.as_bytes()))?;
-        self.meta.custody_count = self.meta.custody_count.saturating_sub(1);
-        self.meta.custody_bytes = self
+        self.meta.totals.custody_count = self.meta.totals.custody_count.saturating_sub(1);
+        self.meta.totals.custody_bytes = self
             .meta
+            .totals
             .custody_bytes
             .saturating_sub(cost(r.payload.len()));
         Ok(Some(r))
@@ -818,7 +811,11 @@ impl<'t> Tables<'t> {
         }
         let c = cost(r.payload.len());
         for attempt in 0..2 {
-            let used = self.meta.bytes.saturating_add(self.meta.custody_bytes);
+            let used = self
+                .meta
+                .totals
+                .bytes
+                .saturating_add(self.meta.totals.custody_bytes);
             if used.saturating_add(c) <= cfg.max_total_bytes {
                 break;
             }
