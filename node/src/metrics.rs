@@ -384,6 +384,27 @@ impl Collector for Scrape {
                 "Messages removed by expiry.",
                 s.expired_total,
             )?;
+            gauge(
+                &mut enc,
+                "store_dedup_records",
+                "Dedup records kept for messages no longer stored (each counts 100 bytes \
+                 against max_total_bytes until its TTL).",
+                signed(s.dedup_records),
+            )?;
+            gauge(
+                &mut enc,
+                "store_used_bytes",
+                "What counts against max_total_bytes: stored messages, bundles in custody \
+                 and dedup records.",
+                signed(s.used_bytes),
+            )?;
+            counter(
+                &mut enc,
+                "store_dedup_forgotten",
+                "Dedup records dropped before their TTL to make room (a retry of such a \
+                 message is stored again).",
+                s.dedup_forgotten_total,
+            )?;
         }
         Ok(())
     }

@@ -16,8 +16,8 @@ use crate::backend::{CountingBackend, IoCounters};
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport};
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
-    MAILBOXES, MESSAGES, META, META_EXPIRED, META_SCHEMA, PRESENCE, SCHEMA_VERSION,
-    V1_META_COUNTERS, V1_RECIPIENTS,
+    MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN, META_EXPIRED, META_SCHEMA, PRESENCE,
+    SCHEMA_VERSION, V1_META_COUNTERS, V1_RECIPIENTS,
 };
 use crate::usage::Usage;
 use crate::writer::{self, Job, WriteOp};
@@ -109,6 +109,14 @@ pub struct StoreStats {
     pub custody_bundles: u64,
     /// Accounted bytes of bundles in custody.
     pub custody_bytes: u64,
+    /// Dedup records kept for messages no longer stored (acknowledged, or evicted into
+    /// custody), so that a late retry is still recognised until the message's TTL.
+    pub dedup_records: u64,
+    /// Dedup records dropped before their TTL to make room, since the database was created.
+    pub dedup_forgotten_total: u64,
+    /// What counts against `max_total_bytes`: `bytes`, `custody_bytes`, and each dedup
+    /// record at a fixed 100 bytes (what it takes in the file).
+    pub used_bytes: u64,
     /// Writer counters since open.
     pub writer: WriterStats,
 }
@@ -752,6 +760,9 @@ impl Store {
             file_bytes,
             custody_bundles: totals.custody_count,
             custody_bytes: totals.custody_bytes,
+            dedup_records: totals.dedup_records(),
+            dedup_forgotten_total: get(META_DEDUP_FORGOTTEN)?,
+            used_bytes: totals.used_bytes(),
             writer: self.writer_stats(),
         })
     }

@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 
 use ferry_proto::types::IdentityKey;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::StoreError;
 use crate::custody;
-use crate::schema::{self, CUSTODY, MAILBOX_ADDRS, MESSAGES};
+use crate::schema::{self, CUSTODY, EXPIRY, MAILBOX_ADDRS, MESSAGES};
 
 /// Node-wide counts of what is stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,6 +27,27 @@ pub(crate) struct Totals {
     pub(crate) custody_count: u64,
     /// Their accounted bytes.
     pub(crate) custody_bytes: u64,
+    /// Entries in the `expiry` index: one per stored message, and one per message no longer
+    /// stored (acknowledged, or evicted into custody) whose dedup entry is kept until its TTL.
+    pub(crate) expiry_entries: u64,
+}
+
+impl Totals {
+    /// Dedup records kept for messages that are no longer stored.
+    pub(crate) fn dedup_records(&self) -> u64 {
+        self.expiry_entries.saturating_sub(self.messages)
+    }
+
+    /// What counts against the node-wide byte budget: stored messages, bundles in custody,
+    /// and the dedup records kept for messages no longer stored.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.bytes
+            .saturating_add(self.custody_bytes)
+            .saturating_add(
+                self.dedup_records()
+                    .saturating_mul(schema::DEDUP_RECORD_COST),
+            )
+    }
 }
 
 /// Counts of what is stored.
@@ -98,6 +119,7 @@ impl Usage {
             usage.totals.custody_count += 1;
             usage.totals.custody_bytes += schema::cost(payload_len);
         }
+        usage.totals.expiry_entries = rtx.open_table(EXPIRY)?.len()?;
         if unreadable > 0 {
             tracing::warn!(
                 records = unreadable,

@@ -15,9 +15,9 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
 use crate::schema::{
-    self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
-    MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD, MESSAGES, META, META_EXPIRED, META_NEXT_MAILBOX,
-    PRESENCE, Record, cost,
+    self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, DEDUP_RECORD_COST, EXPIRY,
+    FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD, MESSAGES, META,
+    META_DEDUP_FORGOTTEN, META_EXPIRED, META_NEXT_MAILBOX, PRESENCE, Record, cost,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
 use crate::usage::{Totals, Usage, UsageChange};
@@ -300,6 +300,7 @@ struct Meta {
     totals: Totals,
     next_mailbox: u64,
     expired: u64,
+    dedup_forgotten: u64,
     dirty: bool,
 }
 
@@ -348,6 +349,7 @@ impl<'t> Tables<'t> {
                 totals,
                 next_mailbox: get(META_NEXT_MAILBOX)?.max(1),
                 expired: get(META_EXPIRED)?,
+                dedup_forgotten: get(META_DEDUP_FORGOTTEN)?,
                 dirty: false,
             }
         };
@@ -385,6 +387,8 @@ impl<'t> Tables<'t> {
             self.meta_table
                 .insert(META_NEXT_MAILBOX, self.meta.next_mailbox)?;
             self.meta_table.insert(META_EXPIRED, self.meta.expired)?;
+            self.meta_table
+                .insert(META_DEDUP_FORGOTTEN, self.meta.dedup_forgotten)?;
         }
         Ok(UsageChange {
             totals: self.meta.totals,
@@ -481,6 +485,28 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// Removes an expiry entry and the dedup entry it stands for (unless that id was stored
+    /// again since, under a newer seq).
+    fn remove_dedup_record(
+        &mut self,
+        expires_at: u64,
+        mailbox_id: u64,
+        seq: u64,
+        message_id: [u8; 16],
+    ) -> Result<(), StoreError> {
+        if self.expiry.remove((expires_at, mailbox_id, seq))?.is_some() {
+            self.meta.totals.expiry_entries = self.meta.totals.expiry_entries.saturating_sub(1);
+        }
+        let dedup_matches = self
+            .dedup
+            .get((message_id, mailbox_id))?
+            .is_some_and(|v| v.value().0 == seq);
+        if dedup_matches {
+            self.dedup.remove((message_id, mailbox_id))?;
+        }
+        Ok(())
+    }
+
     /// Removes an expiry entry, its dedup entry, and its message if still stored.
     fn expire_entry(
         &mut self,
@@ -489,14 +515,7 @@ impl<'t> Tables<'t> {
         seq: u64,
         message_id: [u8; 16],
     ) -> Result<bool, StoreError> {
-        self.expiry.remove((expires_at, mailbox_id, seq))?;
-        let dedup_matches = self
-            .dedup
-            .get((message_id, mailbox_id))?
-            .is_some_and(|v| v.value().0 == seq);
-        if dedup_matches {
-            self.dedup.remove((message_id, mailbox_id))?;
-        }
+        self.remove_dedup_record(expires_at, mailbox_id, seq, message_id)?;
         let removed = self
             .messages
             .remove((mailbox_id, seq))?
@@ -547,11 +566,57 @@ impl<'t> Tables<'t> {
         Ok(removed)
     }
 
-    /// Sweeps once per transaction when space is short: expired data goes first.
-    fn sweep_for_space(&mut self, now_ms: u64, limit: usize) -> Result<(), StoreError> {
+    /// Whether `need` more bytes fit the node-wide budget.
+    fn fits(&self, cfg: &StoreConfig, need: u64) -> bool {
+        self.meta.totals.used_bytes().saturating_add(need) <= cfg.max_total_bytes
+    }
+
+    /// Makes room when space is short. Expired data goes first (swept once per transaction).
+    /// If `need` bytes still do not fit the node-wide budget but would without dedup records,
+    /// the oldest dedup records of messages no longer stored are dropped until they do, with a
+    /// thirty-second of the budget to spare so that a full store does not do this on every
+    /// commit. Stored messages and bundles are never dropped for space.
+    fn make_room(&mut self, cfg: &StoreConfig, now_ms: u64, need: u64) -> Result<(), StoreError> {
         if !self.swept_this_txn {
             self.swept_this_txn = true;
-            self.sweep(now_ms, limit)?;
+            self.sweep(now_ms, cfg.sweep_batch)?;
+        }
+        let t = &self.meta.totals;
+        let live = t.bytes.saturating_add(t.custody_bytes);
+        if !self.fits(cfg, need) && live.saturating_add(need) <= cfg.max_total_bytes {
+            let excess = t
+                .used_bytes()
+                .saturating_add(need)
+                .saturating_add(cfg.max_total_bytes / 32)
+                .saturating_sub(cfg.max_total_bytes);
+            self.forget_dedup_records(excess.div_ceil(DEDUP_RECORD_COST), cfg.sweep_batch)?;
+        }
+        Ok(())
+    }
+
+    /// Drops up to `count` dedup records of messages no longer stored, those expiring soonest
+    /// first, looking at `limit` expiry entries at most (entries of stored messages are
+    /// skipped). A retry of such a message is stored again.
+    fn forget_dedup_records(&mut self, count: u64, limit: usize) -> Result<(), StoreError> {
+        let count = count.min(self.meta.totals.dedup_records());
+        let mut victims = Vec::new();
+        if count > 0 {
+            for item in self.expiry.iter()?.take(limit) {
+                let (k, v) = item?;
+                let (exp, mailbox_id, seq) = k.value();
+                if self.messages.get((mailbox_id, seq))?.is_some() {
+                    continue;
+                }
+                victims.push((exp, mailbox_id, seq, v.value()));
+                if victims.len() as u64 >= count {
+                    break;
+                }
+            }
+        }
+        for (exp, mailbox_id, seq, id) in victims {
+            self.remove_dedup_record(exp, mailbox_id, seq, id)?;
+            self.meta.dedup_forgotten += 1;
+            self.meta.dirty = true;
         }
         Ok(())
     }
@@ -571,14 +636,7 @@ impl<'t> Tables<'t> {
         };
         for attempt in 0..2 {
             let mut over = None;
-            if self
-                .meta
-                .totals
-                .bytes
-                .saturating_add(self.meta.totals.custody_bytes)
-                .saturating_add(total)
-                > cfg.max_total_bytes
-            {
+            if !self.fits(cfg, total) {
                 over = Some((QuotaScope::GlobalBytes, cfg.max_total_bytes));
             }
             for (r, (n, b)) in per_recipient {
@@ -594,10 +652,8 @@ impl<'t> Tables<'t> {
             }
             match over {
                 None => return Ok(()),
-                Some((scope, limit)) if attempt == 1 || self.swept_this_txn => {
-                    return refuse(scope, limit);
-                }
-                Some(_) => self.sweep_for_space(now_ms, cfg.sweep_batch)?,
+                Some((scope, limit)) if attempt == 1 => return refuse(scope, limit),
+                Some(_) => self.make_room(cfg, now_ms, total)?,
             }
         }
         Ok(())
@@ -712,6 +768,7 @@ impl<'t> Tables<'t> {
             .insert((*m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
         self.expiry
             .insert((m.expires_at_ms, id, seq), *m.message_id.as_bytes())?;
+        self.meta.totals.expiry_entries += 1;
         let c = cost(m.payload.len());
         let (n, b) = self.usage(&m.mailbox.recipient)?;
         self.set_usage(m.mailbox.recipient, (n + 1, b + c));
@@ -810,19 +867,11 @@ impl<'t> Tables<'t> {
             return Ok(CustodyOutcome::Duplicate);
         }
         let c = cost(r.payload.len());
-        for attempt in 0..2 {
-            let used = self
-                .meta
-                .totals
-                .bytes
-                .saturating_add(self.meta.totals.custody_bytes);
-            if used.saturating_add(c) <= cfg.max_total_bytes {
-                break;
-            }
-            if attempt == 1 || self.swept_this_txn {
+        if !self.fits(cfg, c) {
+            self.make_room(cfg, now_ms, c)?;
+            if !self.fits(cfg, c) {
                 return Ok(CustodyOutcome::Full);
             }
-            self.sweep_for_space(now_ms, cfg.sweep_batch)?;
         }
         self.custody_insert(r)?;
         Ok(CustodyOutcome::Stored)

@@ -368,3 +368,44 @@ fn redb_store_keeps_the_custody_store_contract() {
     assert_eq!(s.presence_all().unwrap().len(), 1);
     assert!(s.custody_list().unwrap().is_empty());
 }
+
+/// Dedup records of delivered messages make way for a bundle the same as for a message.
+#[test]
+fn dedup_records_make_way_for_custody() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: 2_000,
+        ..StoreConfig::default()
+    };
+    let s = Store::open(dir.path().join("c.redb"), cfg).unwrap();
+    for i in 1..=20u64 {
+        let e = s
+            .enqueue(msg(mailbox(1), i, b"x", T0, HOUR))
+            .wait()
+            .unwrap();
+        s.ack(mailbox(1), e.seq).wait().unwrap();
+    }
+    // Nearly full of dedup records (some already made way for the last messages).
+    let before = s.stats().unwrap();
+    assert_eq!(before.messages, 0);
+    assert!(before.used_bytes > 1_800, "{}", before.used_bytes);
+    assert_eq!(
+        s.custody_put(record(2, 99, &[0; 200], T0, HOUR), false, T0)
+            .wait()
+            .unwrap(),
+        CustodyOutcome::Stored
+    );
+    let st = s.stats().unwrap();
+    assert_eq!(st.custody_bundles, 1);
+    assert!(st.dedup_forgotten_total > before.dedup_forgotten_total);
+    assert!(st.used_bytes <= 2_000);
+    // Larger than the budget holds without any record: full, and nothing dropped.
+    let kept = st.dedup_records;
+    assert_eq!(
+        s.custody_put(record(2, 100, &[0; 1_800], T0, HOUR), false, T0)
+            .wait()
+            .unwrap(),
+        CustodyOutcome::Full
+    );
+    assert_eq!(s.stats().unwrap().dedup_records, kept);
+}

@@ -10,6 +10,8 @@ use ferry_store::{QuotaScope, Store, StoreConfig, StoreError};
 use proptest::prelude::*;
 
 const OVERHEAD: u64 = 128;
+/// What a dedup record of a message no longer stored counts against the node-wide budget.
+const DEDUP_RECORD: u64 = 100;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -72,6 +74,8 @@ struct Model {
     boxes: HashMap<u8, Mailbox>,
     /// (id, mailbox) -> (seq, expiry); live while expiry > now.
     dedup: HashMap<(u64, u8), (u64, u64)>,
+    /// The store's mailbox ids: given out in the order mailboxes first store a message.
+    mailbox_ids: HashMap<u8, u64>,
 }
 
 impl Model {
@@ -83,6 +87,42 @@ impl Model {
             b += m.payload.len() as u64 + OVERHEAD;
         }
         (n, b)
+    }
+
+    /// Dedup entries whose message is no longer stored (acknowledged).
+    fn dedup_records(&self) -> Vec<(u64, u64, u64, (u64, u8))> {
+        let mut out: Vec<_> = self
+            .dedup
+            .iter()
+            .filter(|((_, mb), (seq, _))| {
+                !self.boxes.get(mb).is_some_and(|b| b.msgs.contains_key(seq))
+            })
+            .map(|(k, (seq, exp))| (*exp, self.mailbox_ids[&k.1], *seq, *k))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// What counts against `max_total_bytes`.
+    fn used(&self) -> u64 {
+        self.stored().1 + self.dedup_records().len() as u64 * DEDUP_RECORD
+    }
+
+    /// Drops the dedup records expiring soonest until `need` bytes and a thirty-second of the
+    /// budget fit, if dropping them can make `need` fit at all.
+    fn forget(&mut self, need: u64) {
+        let max = self.cfg.max_total_bytes;
+        if self.used() + need <= max || self.stored().1 + need > max {
+            return;
+        }
+        let excess = (self.used() + need + max / 32).saturating_sub(max);
+        for (_, _, _, key) in self
+            .dedup_records()
+            .into_iter()
+            .take(excess.div_ceil(DEDUP_RECORD) as usize)
+        {
+            self.dedup.remove(&key);
+        }
     }
 
     fn usage(&self, mb: u8) -> (u64, u64) {
@@ -126,7 +166,7 @@ impl Model {
 
     fn over(&self, total: u64, per: &HashMap<u8, (u64, u64)>) -> Option<QuotaScope> {
         let mut over = None;
-        if self.stored().1 + total > self.cfg.max_total_bytes {
+        if self.used() + total > self.cfg.max_total_bytes {
             over = Some(QuotaScope::GlobalBytes);
         }
         for (mb, (n, b)) in per {
@@ -158,6 +198,7 @@ impl Model {
         }
         if total > 0 && self.over(total, &per).is_some() {
             self.sweep();
+            self.forget(total);
             if let Some(scope) = self.over(total, &per) {
                 return Err(scope);
             }
@@ -168,6 +209,8 @@ impl Model {
                 out.push((seq, true));
                 continue;
             }
+            let next_id = self.mailbox_ids.len() as u64 + 1;
+            self.mailbox_ids.entry(*mb).or_insert(next_id);
             let b = self.boxes.entry(*mb).or_default();
             b.last_seq += 1;
             let seq = b.last_seq;
@@ -205,6 +248,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         cfg: cfg.clone(),
         boxes: HashMap::new(),
         dedup: HashMap::new(),
+        mailbox_ids: HashMap::new(),
     };
     for op in ops {
         match op {
@@ -286,6 +330,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         let st = store.stats().unwrap();
         prop_assert_eq!((st.messages, st.bytes), m.stored());
+        prop_assert_eq!(st.dedup_records, m.dedup_records().len() as u64);
+        prop_assert_eq!(st.used_bytes, m.used());
     }
     Ok(())
 }

@@ -294,6 +294,141 @@ fn expired_data_goes_first_when_full() {
     assert_eq!((st.messages, st.expired_total), (1, 3));
 }
 
+/// Delivered messages leave dedup records behind for their TTL (a late retry is still
+/// recognised). They count against `max_total_bytes`, so the file stays bounded on a router
+/// that relays far more than it holds: when space is short, the oldest records go first, and
+/// stored messages never do.
+#[test]
+fn dedup_records_of_delivered_messages_stay_within_the_budget() {
+    const RECORD: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.redb");
+    let cfg = StoreConfig {
+        max_total_bytes: 20 * (100 + 128),
+        ..StoreConfig::default()
+    };
+    let s = Store::open(&path, cfg.clone()).unwrap();
+    // Ten messages nobody fetches: they must survive everything below.
+    for i in 0..10u64 {
+        s.enqueue(msg(mailbox(2), 10_000 + i, &[2; 100], T0, HOUR))
+            .wait()
+            .unwrap();
+    }
+    // Two hundred delivered messages: far more records than the budget holds.
+    for i in 1..=200u64 {
+        let e = s
+            .enqueue(msg(mailbox(1), i, &[1; 100], T0 + i, HOUR))
+            .wait()
+            .unwrap();
+        assert!(!e.duplicate);
+        assert_eq!(s.ack(mailbox(1), e.seq).wait().unwrap(), 1);
+        let st = s.stats().unwrap();
+        assert!(
+            st.used_bytes <= cfg.max_total_bytes,
+            "message {i}: {} used",
+            st.used_bytes
+        );
+        assert_eq!(st.used_bytes, st.bytes + st.dedup_records * RECORD);
+    }
+    let st = s.stats().unwrap();
+    assert_eq!(st.messages, 10);
+    assert!(st.dedup_records > 0);
+    assert_eq!(st.dedup_records + st.dedup_forgotten_total, 200);
+    // The newest delivered message is still recognised; the oldest was forgotten, so its
+    // retry is stored again.
+    assert!(
+        s.enqueue(msg(mailbox(1), 200, &[1; 100], T0 + 300, HOUR))
+            .wait()
+            .unwrap()
+            .duplicate
+    );
+    let again = s
+        .enqueue(msg(mailbox(1), 1, &[1; 100], T0 + 300, HOUR))
+        .wait()
+        .unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(all(&s, &mailbox(2), T0 + 300).len(), 10);
+    // The counts are the file's: the same after a reopen.
+    let before = s.stats().unwrap();
+    s.close();
+    drop(s);
+    let s = Store::open(&path, cfg.clone()).unwrap();
+    let after = s.stats().unwrap();
+    assert_eq!(
+        (after.messages, after.dedup_records, after.used_bytes),
+        (before.messages, before.dedup_records, before.used_bytes)
+    );
+    assert_eq!(after.dedup_forgotten_total, before.dedup_forgotten_total);
+    // Stored messages alone still fill the budget: then the store refuses, whatever it has
+    // dropped, and keeps what it holds.
+    let mut refused = None;
+    for i in 0..40u64 {
+        match s
+            .enqueue(msg(mailbox(3), 20_000 + i, &[3; 100], T0 + 400, HOUR))
+            .wait()
+        {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(matches!(
+        refused,
+        Some(StoreError::QuotaExceeded {
+            scope: QuotaScope::GlobalBytes,
+            ..
+        })
+    ));
+    let st = s.stats().unwrap();
+    assert!(st.used_bytes <= cfg.max_total_bytes);
+    assert_eq!(all(&s, &mailbox(2), T0 + 400).len(), 10);
+}
+
+/// Records dropped for room are the ones that expire soonest, and only as many as needed
+/// (with a thirty-second of the budget to spare); a message too large for the budget even
+/// without them drops none.
+#[test]
+fn only_as_many_dedup_records_as_needed_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: 3_200,
+        ..StoreConfig::default()
+    };
+    let s = Store::open(dir.path().join("n.redb"), cfg).unwrap();
+    // 30 delivered: 3,000 of the 3,200 bytes in dedup records.
+    for i in 1..=30u64 {
+        let e = s
+            .enqueue(msg(mailbox(1), i, &[1; 10], T0, HOUR + i))
+            .wait()
+            .unwrap();
+        s.ack(mailbox(1), e.seq).wait().unwrap();
+    }
+    let st = s.stats().unwrap();
+    assert_eq!((st.dedup_records, st.used_bytes), (30, 3_000));
+    // Too large even with every record dropped: refused, nothing dropped.
+    let big = s
+        .enqueue(msg(mailbox(2), 100, &[0; 3_100], T0, HOUR))
+        .wait();
+    assert!(matches!(big, Err(StoreError::QuotaExceeded { .. })));
+    assert_eq!(s.stats().unwrap().dedup_records, 30);
+    // 372 bytes needed, 200 free: (3,000 + 372 + 100 - 3,200) / 100, rounded up, = 3 go.
+    s.enqueue(msg(mailbox(2), 101, &[0; 244], T0, HOUR))
+        .wait()
+        .unwrap();
+    let st = s.stats().unwrap();
+    assert_eq!((st.dedup_records, st.dedup_forgotten_total), (27, 3));
+    // Duplicates first: storing a forgotten one again takes room of its own.
+    for (id, remembered) in [(4, true), (30, true), (3, false)] {
+        let e = s
+            .enqueue(msg(mailbox(1), id, &[1; 10], T0 + 1, HOUR))
+            .wait()
+            .unwrap();
+        assert_eq!(e.duplicate, remembered, "id {id}");
+    }
+}
+
 #[test]
 fn batch_is_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();

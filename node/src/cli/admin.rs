@@ -178,6 +178,16 @@ pub(crate) fn store(args: AdminArgs) -> anyhow::Result<()> {
         "expired:     {} since the database was created",
         n("expired_total")
     ));
+    out(&format!(
+        "dedup:       {} records kept for delivered messages, {} dropped early for room",
+        n("dedup_records"),
+        n("dedup_forgotten_total")
+    ));
+    out(&format!(
+        "budget:      {} of {} bytes used (max_total_bytes)",
+        n("used_bytes"),
+        n("max_total_bytes")
+    ));
     out(&format!("database:    {} bytes on disk", n("file_bytes")));
     out(&format!(
         "writes:      {} commits, {} fsyncs, {} bytes written since start",
