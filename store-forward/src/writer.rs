@@ -595,10 +595,14 @@ impl<'t> Tables<'t> {
     }
 
     /// Drops up to `count` dedup records of messages no longer stored, those expiring soonest
-    /// first, looking at `limit` expiry entries at most (entries of stored messages are
-    /// skipped). A retry of such a message is stored again.
-    fn forget_dedup_records(&mut self, count: u64, limit: usize) -> Result<(), StoreError> {
+    /// first. Entries of stored messages are skipped, `skip_limit` of them at most, which
+    /// bounds the work when the oldest entries are messages nobody fetches. A retry of such
+    /// a message is stored again.
+    fn forget_dedup_records(&mut self, count: u64, skip_limit: usize) -> Result<(), StoreError> {
         let count = count.min(self.meta.totals.dedup_records());
+        let limit = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .saturating_add(skip_limit);
         let mut victims = Vec::new();
         if count > 0 {
             for item in self.expiry.iter()?.take(limit) {

@@ -429,6 +429,42 @@ fn only_as_many_dedup_records_as_needed_are_dropped() {
     }
 }
 
+/// Looking for dedup records to drop skips stored messages, `sweep_batch` of them at most per
+/// transaction: past that the store refuses (and keeps everything) rather than scan on.
+#[test]
+fn looking_for_dedup_records_to_drop_is_bounded() {
+    for (sweep_batch, fits) in [(5, false), (20, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            // Ten stored, five records and one more small message.
+            max_total_bytes: 10 * (10 + 128) + 5 * 100 + (10 + 128),
+            sweep_batch,
+            ..StoreConfig::default()
+        };
+        let s = Store::open(dir.path().join("b.redb"), cfg).unwrap();
+        // Ten stored messages that expire first, then five delivered ones.
+        for i in 0..10u64 {
+            s.enqueue(msg(mailbox(2), 100 + i, &[2; 10], T0, HOUR))
+                .wait()
+                .unwrap();
+        }
+        for i in 1..=5u64 {
+            let e = s
+                .enqueue(msg(mailbox(1), i, &[1; 10], T0, 2 * HOUR))
+                .wait()
+                .unwrap();
+            s.ack(mailbox(1), e.seq).wait().unwrap();
+        }
+        assert_eq!(s.stats().unwrap().dedup_records, 5);
+        // A larger one needs two records dropped, behind the ten stored messages.
+        let r = s.enqueue(msg(mailbox(3), 200, &[3; 60], T0, HOUR)).wait();
+        assert_eq!(r.is_ok(), fits, "sweep_batch {sweep_batch}: {r:?}");
+        let st = s.stats().unwrap();
+        assert_eq!(st.dedup_forgotten_total > 0, fits);
+        assert_eq!(st.messages, if fits { 11 } else { 10 });
+    }
+}
+
 #[test]
 fn batch_is_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
