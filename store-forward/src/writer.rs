@@ -770,9 +770,13 @@ impl<'t> Tables<'t> {
         self.messages.insert((id, seq), record.as_slice())?;
         self.dedup
             .insert((*m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
-        self.expiry
-            .insert((m.expires_at_ms, id, seq), *m.message_id.as_bytes())?;
-        self.meta.totals.expiry_entries += 1;
+        if self
+            .expiry
+            .insert((m.expires_at_ms, id, seq), *m.message_id.as_bytes())?
+            .is_none()
+        {
+            self.meta.totals.expiry_entries += 1;
+        }
         let c = cost(m.payload.len());
         let (n, b) = self.usage(&m.mailbox.recipient)?;
         self.set_usage(m.mailbox.recipient, (n + 1, b + c));
