@@ -410,7 +410,16 @@ async fn admin_socket_answers_and_refuses_unknown_commands() {
         .find(|r| r["node_id"] == a.node.mesh_node_id.unwrap().to_hex())
         .expect("a route to A");
     assert_eq!(to_a["metric"], 1);
-    assert!(ferry_node::admin::call(&path, "store").unwrap()["custody_bundles"].is_u64());
+    let store = ferry_node::admin::call(&path, "store").unwrap();
+    for field in [
+        "custody_bundles",
+        "dedup_records",
+        "dedup_forgotten_total",
+        "used_bytes",
+        "max_total_bytes",
+    ] {
+        assert!(store[field].is_u64(), "{field} in {store}");
+    }
     assert_eq!(
         ferry_node::admin::call(&path, "reconnect").unwrap()["ok"],
         true

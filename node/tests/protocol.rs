@@ -496,7 +496,7 @@ async fn rate_limit_answers_with_a_retry_hint() {
 async fn metrics_and_healthz_over_http() {
     let n = start_with(|c| c.metrics = Some("127.0.0.1:0".into())).await;
     let (a, _alice) = n.user().await;
-    let (_b, bob) = n.user().await;
+    let (b, bob) = n.user().await;
     a.enqueue(&enqueue_req(&bob, b"x", None)).await.unwrap();
     let addr = n.node.metrics_addr.unwrap();
     let get = |path: &'static str| http_get(addr, path);
@@ -514,6 +514,21 @@ async fn metrics_and_healthz_over_http() {
         "store_commit_seconds_bucket",
         "auth_login_success_total 2",
         "requests_total{method=\"Enqueue\",status=\"Ok\"} 1",
+    ] {
+        assert!(m.contains(name), "missing {name} in\n{m}");
+    }
+    // Delivered: the message leaves a dedup record, which counts against the budget.
+    let got = b
+        .fetch_wait(&mailbox(&bob), 10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    b.ack(&mailbox(&bob), got[0].seq).await.unwrap();
+    let m = get("/metrics").await;
+    for name in [
+        "delivery_queue_depth 0",
+        "store_dedup_records 1",
+        "store_used_bytes 100",
+        "store_dedup_forgotten_total 0",
     ] {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
