@@ -691,7 +691,8 @@ impl<'t> Tables<'t> {
         let mut now_ms = 0;
         // Each message's encoded address, what the quota pass found in the store, and whether
         // the same id went to the same mailbox earlier in this set: only such a repeat is
-        // looked up in the dedup table again when it is stored.
+        // looked up in the dedup table again when it is stored. A duplicate found here is
+        // answered as one even if making room below drops its dedup record.
         let mut found = Vec::with_capacity(ms.len());
         let mut earlier = HashSet::new();
         for m in ms {

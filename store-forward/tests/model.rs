@@ -186,8 +186,13 @@ impl Model {
     ) -> Result<Vec<(u64, bool)>, QuotaScope> {
         let mut total = 0;
         let mut per: HashMap<u8, (u64, u64)> = HashMap::new();
+        // Duplicates are decided before room is made: a message recognised here is answered
+        // as a duplicate even if making room then drops its dedup record.
+        let mut dups = Vec::with_capacity(items.len());
         for (mb, id, p, _) in items {
-            if self.live_dup(*id, *mb).is_some() {
+            let dup = self.live_dup(*id, *mb);
+            dups.push(dup);
+            if dup.is_some() {
                 continue;
             }
             let c = p.len() as u64 + OVERHEAD;
@@ -204,8 +209,9 @@ impl Model {
             }
         }
         let mut out = Vec::new();
-        for (mb, id, p, exp) in items {
-            if let Some(seq) = self.live_dup(*id, *mb) {
+        for ((mb, id, p, exp), dup) in items.iter().zip(dups) {
+            // Only an earlier message of this set can have stored the same id since.
+            if let Some(seq) = dup.or_else(|| self.live_dup(*id, *mb)) {
                 out.push((seq, true));
                 continue;
             }
