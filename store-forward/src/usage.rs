@@ -38,15 +38,18 @@ impl Totals {
         self.expiry_entries.saturating_sub(self.messages)
     }
 
+    /// Accounted bytes of stored messages and bundles in custody: what making room never drops.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.bytes.saturating_add(self.custody_bytes)
+    }
+
     /// What counts against the node-wide byte budget: stored messages, bundles in custody,
     /// and the dedup records kept for messages no longer stored.
     pub(crate) fn used_bytes(&self) -> u64 {
-        self.bytes
-            .saturating_add(self.custody_bytes)
-            .saturating_add(
-                self.dedup_records()
-                    .saturating_mul(schema::DEDUP_RECORD_COST),
-            )
+        self.live_bytes().saturating_add(
+            self.dedup_records()
+                .saturating_mul(schema::DEDUP_RECORD_COST),
+        )
     }
 }
 

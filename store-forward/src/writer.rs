@@ -582,8 +582,7 @@ impl<'t> Tables<'t> {
             self.sweep(now_ms, cfg.sweep_batch)?;
         }
         let t = &self.meta.totals;
-        let live = t.bytes.saturating_add(t.custody_bytes);
-        if !self.fits(cfg, need) && live.saturating_add(need) <= cfg.max_total_bytes {
+        if !self.fits(cfg, need) && t.live_bytes().saturating_add(need) <= cfg.max_total_bytes {
             let excess = t
                 .used_bytes()
                 .saturating_add(need)
@@ -600,21 +599,22 @@ impl<'t> Tables<'t> {
     /// a message is stored again.
     fn forget_dedup_records(&mut self, count: u64, skip_limit: usize) -> Result<(), StoreError> {
         let count = count.min(self.meta.totals.dedup_records());
+        if count == 0 {
+            return Ok(());
+        }
         let limit = usize::try_from(count)
             .unwrap_or(usize::MAX)
             .saturating_add(skip_limit);
         let mut victims = Vec::new();
-        if count > 0 {
-            for item in self.expiry.iter()?.take(limit) {
-                let (k, v) = item?;
-                let (exp, mailbox_id, seq) = k.value();
-                if self.messages.get((mailbox_id, seq))?.is_some() {
-                    continue;
-                }
-                victims.push((exp, mailbox_id, seq, v.value()));
-                if victims.len() as u64 >= count {
-                    break;
-                }
+        for item in self.expiry.iter()?.take(limit) {
+            let (k, v) = item?;
+            let (exp, mailbox_id, seq) = k.value();
+            if self.messages.get((mailbox_id, seq))?.is_some() {
+                continue;
+            }
+            victims.push((exp, mailbox_id, seq, v.value()));
+            if victims.len() as u64 >= count {
+                break;
             }
         }
         for (exp, mailbox_id, seq, id) in victims {
