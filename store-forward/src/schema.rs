@@ -212,8 +212,8 @@ pub(crate) fn decode_record(b: &[u8]) -> Result<Record<'_>, StoreError> {
 }
 
 /// Payload length of an encoded record without decoding all of it.
-pub(crate) fn record_payload_len(b: &[u8]) -> Result<u64, StoreError> {
-    decode_record(b).map(|r| r.payload.len() as u64)
+pub(crate) fn record_payload_len(b: &[u8]) -> Result<usize, StoreError> {
+    decode_record(b).map(|r| r.payload.len())
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, DEDUP_RECORD_COST, EXPIRY,
-    FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGE_OVERHEAD, MESSAGES, META,
-    META_DEDUP_FORGOTTEN, META_EXPIRED, META_NEXT_MAILBOX, PRESENCE, Record, cost,
+    FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN,
+    META_EXPIRED, META_NEXT_MAILBOX, PRESENCE, Record, cost,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
 use crate::usage::{Totals, Usage, UsageChange};
@@ -475,9 +475,9 @@ impl<'t> Tables<'t> {
     }
 
     /// Removes one message from the accounting of its recipient and the node.
-    fn uncount(&mut self, mailbox_id: u64, payload_len: u64) -> Result<(), StoreError> {
+    fn uncount(&mut self, mailbox_id: u64, payload_len: usize) -> Result<(), StoreError> {
         let recipient = self.recipient_of(mailbox_id)?;
-        let c = payload_len + MESSAGE_OVERHEAD;
+        let c = cost(payload_len);
         let (n, b) = self.usage(&recipient)?;
         self.set_usage(recipient, (n.saturating_sub(1), b.saturating_sub(c)));
         self.meta.totals.messages = self.meta.totals.messages.saturating_sub(1);
@@ -694,7 +694,7 @@ impl<'t> Tables<'t> {
         // looked up in the dedup table again when it is stored. A duplicate found here is
         // answered as one even if making room below drops its dedup record.
         let mut found = Vec::with_capacity(ms.len());
-        let mut earlier = HashSet::new();
+        let mut earlier = HashSet::with_capacity(if ms.len() > 1 { ms.len() } else { 0 });
         for m in ms {
             if m.expires_at_ms <= m.enqueued_at_ms {
                 return Err(ApplyError::Refused(StoreError::Expired));
@@ -967,7 +967,7 @@ impl<'t> Tables<'t> {
                 if self.dedup.get(key)?.is_some_and(|v| v.value().0 == seq) {
                     self.dedup.remove(key)?;
                 }
-                self.uncount(id, payload.len() as u64)?;
+                self.uncount(id, payload.len())?;
                 if expires_at_ms <= now_ms {
                     continue;
                 }
