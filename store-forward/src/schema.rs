@@ -211,7 +211,7 @@ pub(crate) fn decode_record(b: &[u8]) -> Result<Record<'_>, StoreError> {
     })
 }
 
-/// Payload length of an encoded record without decoding all of it.
+/// Payload length of an encoded record (parsed in place; the payload is not copied).
 pub(crate) fn record_payload_len(b: &[u8]) -> Result<usize, StoreError> {
     decode_record(b).map(|r| r.payload.len())
 }
