@@ -64,6 +64,8 @@ def main():
         ("one-to-one: lost", "one-to-one", "lost", 1, 0),
         ("one-to-one: duplicated", "one-to-one", "duplicated", 1, 0),
         ("one-to-one: disk written per message, B", "one-to-one", "server_disk_bytes_per_message", 1, 0),
+        ("one-to-one: server CPU per message, µs", "one-to-one", "server_cpu_us_per_message", 1, 1),
+        ("one-to-one: load generator CPU per message, µs", "one-to-one", "loadgen_cpu_us_per_message", 1, 1),
         (f"{fanin}: msg/s acknowledged", fanin, "throughput", 1, 0),
         (f"{fanin}: publish→ack p99 ms", fanin, "publish_ack_p99_ms", 1, 2),
         (f"{fanin}: end-to-end p50 ms", fanin, "e2e_p50_ms", 1, 2),
@@ -71,6 +73,8 @@ def main():
         (f"{fanin}: lost", fanin, "lost", 1, 0),
         (f"{fanin}: duplicated", fanin, "duplicated", 1, 0),
         (f"{fanin}: disk written per message, B", fanin, "server_disk_bytes_per_message", 1, 0),
+        (f"{fanin}: server CPU per message, µs", fanin, "server_cpu_us_per_message", 1, 1),
+        (f"{fanin}: load generator CPU per message, µs", fanin, "loadgen_cpu_us_per_message", 1, 1),
         ("idle RSS MiB", idle, "server_rss_idle_kib", 1 / 1024, 1),
         (f"RSS with {idle.split()[-1]} idle clients MiB", idle, "server_rss_with_clients_kib", 1 / 1024, 1),
         ("peak RSS MiB (after fan-in)", fanin, "server_peak_rss_kib", 1 / 1024, 1),
@@ -97,11 +101,15 @@ def main():
 
 Run {date} with `scripts/bench-peers.sh` ({rounds} rounds, systems interleaved; medians with
 the range over rounds in brackets; ratios are Ferry's median over the peer's: above 1× is
-better for throughput, below 1× is better for latency, memory and disk writes). Disk written:
-the server's `write_bytes` from `/proc/<pid>/io` over the run, divided by the messages sent,
-what the run costs a router's flash (a server that writes nothing during the run shows 0 and
-no ratio). Crash: of {crash_of} acknowledged messages for a consumer that was not reading, how
-many it still got after the server was killed with SIGKILL and restarted.
+better for throughput, below 1× is better for latency, CPU, memory and disk writes). Disk
+written: the server's `write_bytes` from `/proc/<pid>/io` over the run, divided by the messages
+sent, what the run costs a router's flash (a server that writes nothing during the run shows 0
+and no ratio). CPU per message: `utime` + `stime` from `/proc/<pid>/stat` over the run (all
+threads, 10 ms resolution), divided by the messages sent; for the server, and for the load
+generator itself (producers and consumer with their client libraries: quinn, rumqttc,
+async-nats), which shares the two cores with it. Crash: of {crash_of} acknowledged messages
+for a consumer that was not reading, how many it still got after the server was killed with
+SIGKILL and restarted.
 
 {config}
 
