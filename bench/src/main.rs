@@ -252,9 +252,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let rss_before = a.target.server_pid.and_then(loadgen::rss_kib);
     let written_before = a.target.server_pid.and_then(loadgen::disk_written_bytes);
-    let cpu_before = a.target.server_pid.and_then(loadgen::cpu_time_us);
-    let threads_before = a.target.server_pid.and_then(loadgen::thread_cpu_time_us);
-    let own_cpu_before = loadgen::own_cpu_time_us();
+    let cpu_before = loadgen::CpuSnapshot::read(a.target.server_pid);
     let rec = Arc::new(Recorder::new(w.messages));
     let outcome: Outcome = match a.target.system {
         System::Ferry => ferry::run(&a.target, &w, rec).await?,
@@ -263,9 +261,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let rss_after = a.target.server_pid.and_then(loadgen::rss_kib);
     let written_after = a.target.server_pid.and_then(loadgen::disk_written_bytes);
-    let cpu_after = a.target.server_pid.and_then(loadgen::cpu_time_us);
-    let threads_after = a.target.server_pid.and_then(loadgen::thread_cpu_time_us);
-    let own_cpu_after = loadgen::own_cpu_time_us();
+    let cpu =
+        loadgen::CpuSnapshot::read(a.target.server_pid).per_message_since(&cpu_before, w.messages);
     let mut v = outcome.to_json(&w);
     v["system"] = system_name(&a.target).into();
     v["workload"] = if w.producers == 1 {
@@ -286,31 +283,23 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         v["server_disk_written_bytes"] = written.into();
         v["server_disk_bytes_per_message"] = (written as f64 / w.messages as f64).round().into();
     }
-    // CPU per message, all threads, at 10 ms resolution: where two shared cores go. The load
-    // generator's own figure includes connecting and its consumer; the server's, everything
-    // it did during the run.
-    let per_message = |before: Option<u64>, after: Option<u64>| {
-        let us = after?.saturating_sub(before?);
-        Some((us as f64 / w.messages as f64 * 10.0).round() / 10.0)
-    };
-    if let Some(us) = per_message(cpu_before, cpu_after) {
-        v["server_cpu_us_per_message"] = us.into();
+    // CPU per message, at 10 ms resolution over the run: where two shared cores go. The load
+    // generator's figure includes connecting and its consumer; the server's, everything it
+    // did during the run; by thread name (Ferry: `ferry-store-wri`, the store's writer, and
+    // `ferry-worker`, the tokio runtime), the threads that ran through the run.
+    let tenth = |us: f64| (us * 10.0).round() / 10.0;
+    if let Some(us) = cpu.server {
+        v["server_cpu_us_per_message"] = tenth(us).into();
     }
-    if let Some(us) = per_message(own_cpu_before, own_cpu_after) {
-        v["loadgen_cpu_us_per_message"] = us.into();
+    if let Some(us) = cpu.own {
+        v["loadgen_cpu_us_per_message"] = tenth(us).into();
     }
-    if let (Some(before), Some(after)) = (threads_before, threads_after) {
-        // By thread name, threads that ran through the run (e.g. Ferry's `ferry-store-wri`,
-        // the store's writer, and `ferry-worker`, the tokio runtime).
-        let mut by_thread = serde_json::Map::new();
-        for (name, us) in after {
-            let Some(p) = per_message(before.get(&name).copied(), Some(us)) else {
-                continue;
-            };
-            if p > 0.0 {
-                by_thread.insert(name, p.into());
-            }
-        }
+    if a.target.server_pid.is_some() {
+        let by_thread: serde_json::Map<_, _> = cpu
+            .server_threads
+            .into_iter()
+            .map(|(name, us)| (name, tenth(us).into()))
+            .collect();
         v["server_threads_cpu_us_per_message"] = by_thread.into();
     }
     print_json(&v);

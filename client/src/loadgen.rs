@@ -1,6 +1,8 @@
 //! Helpers shared by Ferry's load generators (`ferry bench` and `ferry-bench`), so that both
-//! stamp messages, compute percentiles and read a server's memory the same way. Behind the
+//! stamp messages, compute percentiles and read a server's memory and CPU time the same way. Behind the
 //! `loadgen` feature: nothing a client application needs.
+
+use std::collections::BTreeMap;
 
 /// Unix time in nanoseconds: the send stamp (producer and consumer share this clock).
 pub fn unix_nanos() -> u64 {
@@ -92,17 +94,74 @@ pub fn own_cpu_time_us() -> Option<u64> {
 
 /// [`cpu_time_us`] of each of a process's threads now running, summed by thread name (`comm`):
 /// which part of a server the CPU went to (a tokio runtime's workers share one name). Threads
-/// that already ended are not in it.
-pub fn thread_cpu_time_us(pid: u32) -> Option<std::collections::BTreeMap<String, u64>> {
-    let mut out = std::collections::BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("stat")) else {
-            continue; // the thread ended meanwhile
+/// that already ended, or end while this reads, are not in it.
+pub fn thread_cpu_time_us(pid: u32) -> Option<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
         };
-        let name = stat_name(&stat)?;
-        *out.entry(name.to_owned()).or_insert(0) += stat_cpu_us(&stat)?;
+        if let (Some(name), Some(us)) = (stat_name(&stat), stat_cpu_us(&stat)) {
+            *out.entry(name.to_owned()).or_insert(0) += us;
+        }
     }
     Some(out)
+}
+
+/// CPU time used so far by a server (in all and by thread name) and by the calling process,
+/// read together; two of them give the CPU a run cost per message.
+#[derive(Clone, Debug, Default)]
+pub struct CpuSnapshot {
+    server: Option<u64>,
+    server_threads: Option<BTreeMap<String, u64>>,
+    own: Option<u64>,
+}
+
+/// What a run cost per message, in microseconds of CPU (10 ms resolution over the run).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CpuPerMessage {
+    /// The server, all its threads.
+    pub server: Option<f64>,
+    /// The server by thread name, for the names that ran through the run and used any CPU.
+    pub server_threads: Vec<(String, f64)>,
+    /// The calling process: the load generator itself.
+    pub own: Option<f64>,
+}
+
+impl CpuSnapshot {
+    /// Reads the server's figures (if `server_pid` is given) and this process's.
+    pub fn read(server_pid: Option<u32>) -> Self {
+        Self {
+            server: server_pid.and_then(cpu_time_us),
+            server_threads: server_pid.and_then(thread_cpu_time_us),
+            own: own_cpu_time_us(),
+        }
+    }
+
+    /// The CPU spent between `before` and this snapshot, per message of `messages`.
+    pub fn per_message_since(&self, before: &Self, messages: u64) -> CpuPerMessage {
+        let per = |b: Option<u64>, a: Option<u64>| {
+            Some(a?.saturating_sub(b?) as f64 / messages.max(1) as f64)
+        };
+        let server_threads = match (&before.server_threads, &self.server_threads) {
+            (Some(b), Some(a)) => a
+                .iter()
+                .filter_map(|(name, us)| {
+                    Some((name.clone(), per(b.get(name).copied(), Some(*us))?))
+                })
+                .filter(|(_, us)| *us > 0.0)
+                .collect(),
+            _ => Vec::new(),
+        };
+        CpuPerMessage {
+            server: per(before.server, self.server),
+            server_threads,
+            own: per(before.own, self.own),
+        }
+    }
 }
 
 /// The command name of a `/proc/<pid>/stat` line: between the first `(` and the last `)`.
@@ -144,6 +203,39 @@ mod tests {
         assert!(cpu_time_us(std::process::id()).is_some());
         let threads = thread_cpu_time_us(std::process::id()).unwrap();
         assert!(!threads.is_empty());
+    }
+
+    #[test]
+    fn cpu_per_message_is_the_difference_over_the_messages() {
+        let snap = |server, threads: &[(&str, u64)], own| CpuSnapshot {
+            server,
+            server_threads: Some(threads.iter().map(|(n, t)| (n.to_string(), *t)).collect()),
+            own,
+        };
+        let before = snap(
+            Some(1_000_000),
+            &[("writer", 400_000), ("idle", 10_000)],
+            Some(5),
+        );
+        let after = snap(
+            Some(3_000_000),
+            &[("writer", 1_400_000), ("idle", 10_000), ("new", 50_000)],
+            Some(500_005),
+        );
+        assert_eq!(
+            after.per_message_since(&before, 100_000),
+            CpuPerMessage {
+                server: Some(20.0),
+                // A thread that did nothing, and one that started during the run, are left out.
+                server_threads: vec![("writer".to_string(), 10.0)],
+                own: Some(5.0),
+            }
+        );
+        // Without a server pid only the load generator's own figure remains.
+        let none = CpuSnapshot::read(None);
+        let cost = CpuSnapshot::read(None).per_message_since(&none, 0);
+        assert_eq!((cost.server, cost.server_threads.len()), (None, 0));
+        assert!(cost.own.is_some());
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_client::loadgen::{
-    Sender, message_id, percentile_ms, read_stamp, rss_kib, stamp, unix_nanos,
+    CpuPerMessage, CpuSnapshot, Sender, message_id, percentile_ms, read_stamp, rss_kib, stamp,
+    unix_nanos,
 };
 use ferry_client::{Client, ConnectOptions, Identity};
 use ferry_proto::qpq::v1 as pb;
@@ -42,7 +43,7 @@ pub(crate) struct BenchArgs {
     /// Also hold this many idle authenticated connections and report the node's RSS.
     #[arg(long, default_value_t = 0)]
     idle_connections: usize,
-    /// The node's process id, to read its memory use from /proc.
+    /// The node's process id, to read its memory use and CPU time from /proc.
     #[arg(long)]
     node_pid: Option<u32>,
     /// The node's data directory, to measure the fsync ceiling of its disk.
@@ -59,6 +60,31 @@ pub(crate) struct BenchArgs {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Prints the CPU per message a run cost: where the node's time goes (on a router, the figure
+/// that says how much traffic its CPU can carry) and what this load generator took.
+fn report_cpu(cpu: &CpuPerMessage) {
+    if let Some(us) = cpu.server {
+        let parts: Vec<String> = cpu
+            .server_threads
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        out(&format!(
+            "  node CPU per message:       {us:.1} µs{}",
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", parts.join(", "))
+            }
+        ));
+    }
+    if let Some(us) = cpu.own {
+        out(&format!(
+            "  load generator CPU:         {us:.1} µs per message"
+        ));
+    }
 }
 
 /// Median latency of a 4 KiB append + fdatasync in `dir`: what one durable commit costs at least.
@@ -184,6 +210,7 @@ async fn throughput(
         })
     };
     let payload_size = args.size;
+    let cpu_before = CpuSnapshot::read(args.node_pid);
     let start = Instant::now();
     let mut tasks = Vec::new();
     let per_sender = total / args.senders as u64;
@@ -236,6 +263,7 @@ async fn throughput(
     }
     let sent_elapsed = start.elapsed();
     let (received, dups, mut e2e, done_at) = consumer_task.await??;
+    let cpu = CpuSnapshot::read(args.node_pid).per_message_since(&cpu_before, total);
     let mut ack_lat = Vec::with_capacity(total as usize);
     while let Some(l) = lat_rx.recv().await {
         ack_lat.push(l);
@@ -279,6 +307,7 @@ async fn throughput(
         "  received {received}/{total}, lost {}, duplicated {dups}",
         total - received
     ));
+    report_cpu(&cpu);
     if let Some(dir) = &args.data_dir {
         let f = fsync_median(dir)?;
         let window = (args.in_flight * args.senders) as f64;
