@@ -1,6 +1,6 @@
 //! Helpers shared by Ferry's load generators (`ferry bench` and `ferry-bench`), so that both
-//! stamp messages, compute percentiles and read a server's memory and CPU time the same way. Behind the
-//! `loadgen` feature: nothing a client application needs.
+//! stamp messages, compute percentiles and read a server's memory and CPU time the same way.
+//! Behind the `loadgen` feature: nothing a client application needs.
 
 use std::collections::BTreeMap;
 
@@ -83,19 +83,14 @@ const USER_HZ: u64 = 100;
 /// CPU time a process has used since it started, all its threads together and the threads
 /// that already ended included (`utime` + `stime` of `/proc/<pid>/stat`), in microseconds; at
 /// a resolution of 10 ms.
-pub fn cpu_time_us(pid: u32) -> Option<u64> {
+fn cpu_time_us(pid: u32) -> Option<u64> {
     stat_cpu_us(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// [`cpu_time_us`] of the calling process: what the load generator itself spent.
-pub fn own_cpu_time_us() -> Option<u64> {
-    stat_cpu_us(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
 /// [`cpu_time_us`] of each of a process's threads now running, summed by thread name (`comm`):
 /// which part of a server the CPU went to (a tokio runtime's workers share one name). Threads
 /// that already ended, or end while this reads, are not in it.
-pub fn thread_cpu_time_us(pid: u32) -> Option<BTreeMap<String, u64>> {
+fn thread_cpu_time_us(pid: u32) -> Option<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
@@ -137,7 +132,7 @@ impl CpuSnapshot {
         Self {
             server: server_pid.and_then(cpu_time_us),
             server_threads: server_pid.and_then(thread_cpu_time_us),
-            own: own_cpu_time_us(),
+            own: cpu_time_us(std::process::id()),
         }
     }
 
@@ -198,8 +193,7 @@ mod tests {
             stat_cpu_us("1 (x) S 1 1 1 0 -1 0 0 0 0 0 notanumber 45 0"),
             None
         );
-        // The test process reads its own line both ways.
-        assert!(own_cpu_time_us().is_some());
+        // The test process reads its own lines.
         assert!(cpu_time_us(std::process::id()).is_some());
         let threads = thread_cpu_time_us(std::process::id()).unwrap();
         assert!(!threads.is_empty());
