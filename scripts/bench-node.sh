@@ -6,6 +6,7 @@
 #
 #   scripts/bench-node.sh                 # 200,000 messages per run
 #   MESSAGES=50000 scripts/bench-node.sh  # quicker
+#   NODE_BIN=/tmp/ferry-old scripts/bench-node.sh   # measure another node binary (A/B)
 #
 # Not a test: it prints figures. The node is the operator build (release profile, the router
 # packages' features) with the rate limit off; its data directory is on the project's disk, never tmpfs.
@@ -21,10 +22,12 @@ command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl;
 # The node as operators install it (the router packages' features, built for this machine;
 # the same binary scripts/bench-peers.sh measures), and the load generator `ferry bench` from
 # the developer build, which has it.
-cargo build --release --locked --bin ferry -p ferry-node --no-default-features \
-  --features router,iroh,mdns --target-dir target/bench-node
+if [ -z "${NODE_BIN:-}" ]; then
+  cargo build --release --locked --bin ferry -p ferry-node --no-default-features \
+    --features router,iroh,mdns --target-dir target/bench-node
+fi
 cargo build --release --locked -p ferry-node --bin ferry
-NODE=target/bench-node/release/ferry
+NODE=${NODE_BIN:-target/bench-node/release/ferry}
 BIN=target/release/ferry
 DATA=$(mktemp -d "$PWD/target/bench-node.XXXXXX")
 LOG="$DATA.log"

@@ -172,6 +172,7 @@ async fn answer(state: &State, cmd: &str) -> Value {
                 "max_total_bytes": state.store.config().max_total_bytes,
                 "file_bytes": s.file_bytes,
                 "commits": s.writer.commits,
+                "checkpoints": s.writer.checkpoints,
                 "bytes_written": s.writer.bytes_written,
                 "fsyncs": s.writer.syncs,
             }),

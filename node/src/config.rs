@@ -26,6 +26,10 @@ pub struct StoreSection {
     pub max_recipient_bytes: Option<u64>,
     /// redb page cache in bytes.
     pub cache_bytes: Option<usize>,
+    /// Enqueues and acks through the write-ahead log (default on).
+    pub wal: Option<bool>,
+    /// Write-ahead log size that triggers a checkpoint, in bytes.
+    pub checkpoint_bytes: Option<u64>,
 }
 
 /// The `[mesh]` table of the config file.
@@ -454,6 +458,12 @@ impl NodeConfig {
             if let Some(v) = s.cache_bytes {
                 self.store.cache_bytes = v;
             }
+            if let Some(v) = s.wal {
+                self.store.wal = v;
+            }
+            if let Some(v) = s.checkpoint_bytes {
+                self.store.checkpoint_bytes = v;
+            }
         }
         if let Some(m) = &f.mesh {
             if let Some(v) = m.enabled {
@@ -525,10 +535,14 @@ mod tests {
             max_ttl_secs = 3600
             [store]
             max_total_bytes = 1000000
+            wal = false
+            checkpoint_bytes = 65536
             "#,
         )
         .unwrap();
         let c = NodeConfig::from_file(&f).unwrap();
+        assert!(!c.store.wal);
+        assert_eq!(c.store.checkpoint_bytes, 65_536);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.listen, "127.0.0.1:7000");
         assert_eq!(c.rate_limit, 0);

@@ -301,11 +301,21 @@ impl Collector for Scrape {
             signed(self.metrics.started.elapsed().as_secs()),
         )?;
         let w = self.store.writer_stats();
-        let store_counters: [(&str, &str, u64); 8] = [
+        let store_counters: [(&str, &str, u64); 10] = [
             (
                 "store_commits",
-                "Durable (fsync'd) group commits.",
+                "Durable (fsync'd) group commits, through the write-ahead log or the database.",
                 w.commits,
+            ),
+            (
+                "store_checkpoints",
+                "Durable database commits (each empties the write-ahead log).",
+                w.checkpoints,
+            ),
+            (
+                "store_replayed_records",
+                "Write-ahead log records applied again when the database was opened.",
+                w.replayed_records,
             ),
             (
                 "store_commit_ops",
@@ -319,10 +329,14 @@ impl Collector for Scrape {
             ),
             (
                 "store_bytes_written",
-                "Bytes written to the database file: what wears flash.",
+                "Bytes written to the database file and its write-ahead log: what wears flash.",
                 w.bytes_written,
             ),
-            ("store_fsyncs", "fsync calls on the database file.", w.syncs),
+            (
+                "store_fsyncs",
+                "fsync calls on the database file and its write-ahead log.",
+                w.syncs,
+            ),
             (
                 "store_busy",
                 "Writes refused because the writer queue was full.",

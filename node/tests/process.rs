@@ -468,7 +468,13 @@ async fn a_full_disk_is_resource_exhausted_and_recovers() {
     let mut got = 0u32;
     let mut last = 0;
     loop {
-        let page = b.fetch(&mb, 256).await.unwrap();
+        let page = match b.fetch(&mb, 256).await {
+            Ok(page) => page,
+            Err(e) => panic!(
+                "reading back after the disk filled: {e}\nnode log:\n{}",
+                node._log.try_iter().collect::<Vec<_>>().join("\n")
+            ),
+        };
         let Some(l) = page.last() else { break };
         last = l.seq;
         for e in &page {

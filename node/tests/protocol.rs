@@ -511,6 +511,8 @@ async fn metrics_and_healthz_over_http() {
         "store_commits_total",
         "store_bytes_written_total",
         "store_fsyncs_total",
+        "store_checkpoints_total",
+        "store_replayed_records_total 0",
         "store_commit_seconds_bucket",
         "auth_login_success_total 2",
         "requests_total{method=\"Enqueue\",status=\"Ok\"} 1",

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use ferry_proto::limits::MAX_MESSAGE_LEN;
 
 /// Limits and tuning of a [`crate::Store`].
@@ -19,6 +21,16 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Expired entries removed per sweep transaction at most.
     pub sweep_batch: usize,
+    /// Log batches of Enqueue, EnqueueBatch and Ack to a write-ahead log beside the database
+    /// (`<file>-wal`), `fdatasync`ed on a second thread while the writer applies the next
+    /// batch, and commit the database itself durably only at checkpoints. Off: every batch is
+    /// a durable redb commit, answered after its own fsync.
+    pub wal: bool,
+    /// Log size at which the next batch is a durable commit (a checkpoint) that empties it.
+    /// Bounds the log on disk, the pages redb holds for it, and the replay after a crash.
+    pub checkpoint_bytes: u64,
+    /// A log with anything in it is checkpointed after the writer was idle this long.
+    pub checkpoint_idle: Duration,
 }
 
 impl Default for StoreConfig {
@@ -32,6 +44,9 @@ impl Default for StoreConfig {
             max_batch_bytes: 2 * MAX_MESSAGE_LEN,
             queue_capacity: 16 * 1024,
             sweep_batch: 10_000,
+            wal: true,
+            checkpoint_bytes: 1024 * 1024,
+            checkpoint_idle: Duration::from_secs(2),
         }
     }
 }

@@ -100,6 +100,20 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// A file-system error on `path`: [`StoreError::DiskFull`] when the disk is full.
+    pub(crate) fn from_io(path: &std::path::Path, e: std::io::Error) -> Self {
+        if io_is_full(&e) {
+            StoreError::DiskFull(Arc::new(e))
+        } else {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source: Arc::new(e),
+            }
+        }
+    }
+}
+
 fn io_is_full(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(

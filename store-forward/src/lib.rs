@@ -4,17 +4,24 @@
 //! sequence numbers in one redb file; makes enqueue idempotent by message id until the
 //! message expires; expires messages; enforces a global byte budget and per-recipient limits;
 //! keeps the hybrid public keys of users. All writes go through one writer thread that
-//! batches whatever is queued into a single durable (fsync'd) transaction — group commit —
-//! and answers each operation only after that commit.
+//! batches whatever is queued into a single transaction — group commit — and answers each
+//! operation only once that batch is durable: through the write-ahead log (a batch of
+//! enqueues and acks, fsynced by a second thread while the writer applies the next batch),
+//! or by a durable redb commit (everything else, and the checkpoints that empty the log).
 //!
 //! What it does not do: networking, authentication, delivery cursors of connections (those
 //! belong to the node), or any async runtime. Writes return a [`Pending`] that can be waited
-//! on synchronously or awaited; reads run on the caller's thread in their own read
-//! transaction.
+//! on synchronously or awaited; reads run on the caller's thread, in the newest durable
+//! snapshot.
 //!
 //! Invariants:
 //! - A write operation's result is sent only after the transaction containing it committed
-//!   with `Durability::Immediate`, or after it failed and nothing of it was stored.
+//!   with `Durability::Immediate`, or committed without it and its write-ahead log record was
+//!   fsynced; or after it failed and nothing of it was acknowledged.
+//! - Readers see only durable batches: a batch whose log record is not yet synced is
+//!   invisible to them.
+//! - The log's records after the generation a durable commit recorded are replayed on open,
+//!   in order, each as its own batch, so each operation has the outcome it was answered with.
 //! - `(message_id, mailbox)` maps to exactly one seq until the message's expiry: a retry never
 //!   stores a second copy.
 //! - Quota refusals are decided before anything of the operation is written.
@@ -42,6 +49,7 @@ mod pending;
 mod schema;
 mod store;
 mod usage;
+mod wal;
 mod writer;
 
 pub use config::StoreConfig;

@@ -64,6 +64,9 @@ pub(crate) const META_NEXT_MAILBOX: &str = "next_mailbox_id";
 pub(crate) const META_EXPIRED: &str = "expired_total";
 /// Dedup records of messages no longer stored that were dropped before their TTL for space.
 pub(crate) const META_DEDUP_FORGOTTEN: &str = "dedup_forgotten_total";
+/// The generation of the last write-ahead log record (or durable batch) this file holds;
+/// replay applies the records after it.
+pub(crate) const META_WAL_APPLIED: &str = "wal_applied_gen";
 /// Schema 1 only: counters of what is stored, dropped by the migration to version 2.
 pub(crate) const V1_META_COUNTERS: [&str; 4] = [
     "stored_messages",

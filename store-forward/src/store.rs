@@ -1,7 +1,7 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,9 @@ use ferry_proto::types::{
     MessageId,
 };
 use portable_atomic::{AtomicU64, Ordering};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+};
 
 use crate::backend::{CountingBackend, IoCounters};
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport};
@@ -20,6 +22,7 @@ use crate::schema::{
     SCHEMA_VERSION, V1_META_COUNTERS, V1_RECIPIENTS,
 };
 use crate::usage::Usage;
+use crate::wal;
 use crate::writer::{self, Job, WriteOp};
 use crate::{Pending, StoreConfig, StoreError};
 
@@ -70,8 +73,12 @@ pub struct StoredMessage {
 /// Counters of the writer since the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// Durable transactions committed.
+    /// Group commits: batches applied and made durable, through the write-ahead log or by a
+    /// durable database commit.
     pub commits: u64,
+    /// Durable database commits (each also empties the write-ahead log); with the log off,
+    /// every commit.
+    pub checkpoints: u64,
     /// Operations answered from committed transactions.
     pub ops: u64,
     /// Transactions that failed (each failed all its operations).
@@ -88,6 +95,9 @@ pub struct WriterStats {
     pub syncs: u64,
     /// Times the database was reopened after an IO failure.
     pub reopens: u64,
+    /// Write-ahead log records applied again when the file was opened (after a crash or a
+    /// failed fsync; a clean close leaves none).
+    pub replayed_records: u64,
 }
 
 /// A snapshot of what the store holds.
@@ -137,6 +147,8 @@ pub(crate) struct WriterCounters {
     pub(crate) commit_nanos: AtomicU64,
     pub(crate) busy: AtomicU64,
     pub(crate) reopens: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) replayed_records: AtomicU64,
 }
 
 pub(crate) enum Outcome {
@@ -173,6 +185,18 @@ pub(crate) struct Shared {
     /// (a bounded std channel would allocate and touch every slot up front); this count is
     /// what bounds it.
     pub(crate) queued: portable_atomic::AtomicUsize,
+    /// What readers see: a read transaction of the newest batch that is durable (its log
+    /// record synced, or committed durably), with that batch's generation. A logged batch is
+    /// in the database before its fsync; readers never see it until then.
+    pub(crate) snapshot: RwLock<Option<(u64, Arc<ReadTransaction>)>>,
+    /// Set by the syncer when fsyncing the log failed; the writer reopens the database.
+    pub(crate) wal_broken: portable_atomic::AtomicBool,
+    /// Counts reopens: a snapshot taken before one is never published after it.
+    pub(crate) epoch: AtomicU64,
+    /// Whether the writer is reopening the file right now; readers wait for it (briefly)
+    /// instead of failing while the snapshot is gone.
+    pub(crate) reopening: Mutex<bool>,
+    pub(crate) reopened: Condvar,
 }
 
 impl std::fmt::Debug for Shared {
@@ -191,10 +215,7 @@ pub struct Store {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.to_path_buf(),
-        source: Arc::new(e),
-    }
+    StoreError::from_io(path, e)
 }
 
 pub(crate) fn open_database(
@@ -262,6 +283,73 @@ pub(crate) fn open_database(
     Ok(db)
 }
 
+/// Opens the database file, counts what it holds, and replays the write-ahead log into it:
+/// durably, which empties the log; or, when the disk has no room for what the log holds, into
+/// redb's memory only, keeping the log as the durable copy, so that the node still serves
+/// reads and acknowledgements free room for the next checkpoint.
+fn recover(
+    path: &Path,
+    config: &StoreConfig,
+    io: &Arc<IoCounters>,
+) -> Result<Recovered, StoreError> {
+    let wal_path = wal::path_for(path);
+    let data = wal::read(&wal_path).map_err(|e| io_err(&wal_path, e))?;
+    let db = open_database(path, config, io)?;
+    let applied = writer::applied_gen(&db)?;
+    let (records, end) = wal::parse(&data, applied)?;
+    drop(data);
+    let usage = RwLock::new(Usage::scan(&db)?);
+    let Some(&(last_gen, _)) = records.last() else {
+        return Ok(Recovered {
+            db,
+            usage: usage.into_inner().unwrap_or_else(PoisonError::into_inner),
+            last_gen: applied,
+            replayed: 0,
+            log_end: 0,
+        });
+    };
+    let replayed = records.len() as u64;
+    let (db, usage, log_end) = match writer::replay(
+        &db,
+        config,
+        &usage,
+        &records,
+        Durability::Immediate,
+    ) {
+        Ok(()) => (db, usage, 0),
+        Err(StoreError::DiskFull(e)) => {
+            tracing::warn!(error = %e, records = replayed, "no room on the disk to checkpoint the write-ahead log; it stays the durable copy of its records until acknowledgements or freed space make room");
+            // redb refuses a handle after an IO error: open the file again.
+            drop(db);
+            let db = open_database(path, config, io)?;
+            let usage = RwLock::new(Usage::scan(&db)?);
+            writer::replay(&db, config, &usage, &records, Durability::None)?;
+            (db, usage, end)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Recovered {
+        db,
+        usage: usage.into_inner().unwrap_or_else(PoisonError::into_inner),
+        last_gen,
+        replayed,
+        log_end,
+    })
+}
+
+/// A database opened and brought up to date with its write-ahead log.
+struct Recovered {
+    db: Database,
+    usage: Usage,
+    /// The last log generation the database holds.
+    last_gen: u64,
+    /// Log records replayed.
+    replayed: u64,
+    /// Where the records end that the log must keep (replayed into memory only); 0 when the
+    /// log can start over.
+    log_end: u64,
+}
+
 impl Store {
     /// Opens (or creates) the database file at `path` and starts the writer thread.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
@@ -279,8 +367,16 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
         let io = Arc::new(IoCounters::default());
-        let db = open_database(&path, &config, &io)?;
-        let usage = Usage::scan(&db)?;
+        let Recovered {
+            db,
+            usage,
+            last_gen,
+            replayed,
+            log_end,
+        } = recover(&path, &config, &io)?;
+        let snapshot = (last_gen, Arc::new(db.begin_read()?));
+        let counters = WriterCounters::default();
+        counters.replayed_records.store(replayed, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
@@ -288,16 +384,17 @@ impl Store {
             path,
             config,
             io,
-            counters: WriterCounters::default(),
+            counters,
             observer,
             closed: portable_atomic::AtomicBool::new(false),
             queued: portable_atomic::AtomicUsize::new(0),
+            snapshot: RwLock::new(Some(snapshot)),
+            wal_broken: portable_atomic::AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            reopening: Mutex::new(false),
+            reopened: Condvar::new(),
         });
-        let writer_shared = Arc::clone(&shared);
-        let handle = std::thread::Builder::new()
-            .name("ferry-store-writer".into())
-            .spawn(move || writer::run(&writer_shared, &rx))
-            .map_err(|e| io_err(&shared.path, e))?;
+        let handle = writer::start(&shared, rx, last_gen, log_end)?;
         Ok(Self {
             shared,
             tx,
@@ -502,9 +599,48 @@ impl Store {
             let _ = h.join();
         }
         self.shared.closed.store(true, Ordering::Release);
+        if let Ok(mut slot) = self.shared.snapshot.write() {
+            slot.take();
+        }
         if let Ok(mut slot) = self.shared.db.write() {
             slot.take();
         }
+    }
+
+    /// The newest durable state, for reading. While the writer reopens the file after an
+    /// IO error (tens of milliseconds, replay included) this waits for it, up to a second;
+    /// when the file cannot be opened it fails at once with [`StoreError::Unavailable`].
+    fn read(&self) -> Result<Arc<ReadTransaction>, StoreError> {
+        let sh = &self.shared;
+        let current = || {
+            if sh.closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            Ok(sh
+                .snapshot
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|(_, rtx)| Arc::clone(rtx)))
+        };
+        if let Some(rtx) = current()? {
+            return Ok(rtx);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut reopening = sh.reopening.lock().unwrap_or_else(PoisonError::into_inner);
+        while *reopening {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            reopening = sh
+                .reopened
+                .wait_timeout(reopening, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        drop(reopening);
+        current()?.ok_or(StoreError::Unavailable)
     }
 
     pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
@@ -530,8 +666,7 @@ impl Store {
         max_bytes: usize,
         now_ms: u64,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let mailboxes = rtx.open_table(MAILBOXES)?;
         let Some(entry) = mailboxes.get(schema::encode_addr(mailbox).as_slice())? else {
             return Ok(Vec::new());
@@ -572,8 +707,7 @@ impl Store {
         &self,
         lookup: &HybridKeyLookup,
     ) -> Result<Option<(IdentityKey, HybridPublicKey)>, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let identity = match lookup {
             HybridKeyLookup::Identity(id) => *id,
             HybridKeyLookup::Fingerprint(fp) => {
@@ -605,8 +739,7 @@ impl Store {
         &self,
         identities: &[IdentityKey],
     ) -> Result<Vec<Option<HybridPublicKey>>, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let keys = rtx.open_table(HYBRID_KEYS)?;
         identities
             .iter()
@@ -637,8 +770,7 @@ impl Store {
 
     /// A bundle in custody.
     pub fn custody_get(&self, digest: &BundleDigest) -> Result<Option<BundleRecord>, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let t = rtx.open_table(CUSTODY)?;
         let found = t.get(digest.as_bytes())?;
         found.map(|v| custody::decode(v.value())).transpose()
@@ -660,8 +792,7 @@ impl Store {
 
     /// Whether any bundle in custody is for `recipient` (a read; no write when there is none).
     pub fn custody_waiting(&self, recipient: &IdentityKey) -> Result<bool, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let t = rtx.open_table(CUSTODY_BY_RECIPIENT)?;
         let from = (*recipient.as_bytes(), [0u8; 16]);
         let to = (*recipient.as_bytes(), [0xffu8; 16]);
@@ -671,8 +802,7 @@ impl Store {
 
     /// Everything in custody, in digest order.
     pub fn custody_list(&self) -> Result<Vec<CustodyEntry>, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let t = rtx.open_table(CUSTODY)?;
         let mut out = Vec::new();
         for item in t.iter()? {
@@ -684,8 +814,7 @@ impl Store {
 
     /// Every stored presence claim (as the mesh encoded it).
     pub fn presence_all(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let t = rtx.open_table(PRESENCE)?;
         let mut out = Vec::new();
         for item in t.iter()? {
@@ -699,8 +828,7 @@ impl Store {
 
     /// A small named counter.
     pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let t = rtx.open_table(META)?;
         Ok(t.get(key)?.map(|v| v.value()))
     }
@@ -716,6 +844,7 @@ impl Store {
         let c = &self.shared.counters;
         WriterStats {
             commits: c.commits.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
             ops: c.ops.load(Ordering::Relaxed),
             failed_commits: c.failed_commits.load(Ordering::Relaxed),
             max_batch: c.max_batch.load(Ordering::Relaxed),
@@ -724,13 +853,13 @@ impl Store {
             bytes_written: self.shared.io.bytes_written.load(Ordering::Relaxed),
             syncs: self.shared.io.syncs.load(Ordering::Relaxed),
             reopens: c.reopens.load(Ordering::Relaxed),
+            replayed_records: c.replayed_records.load(Ordering::Relaxed),
         }
     }
 
     /// A snapshot of counts, bytes and writer counters.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let db = self.db()?;
-        let rtx = db.begin_read()?;
+        let rtx = self.read()?;
         let meta = rtx.open_table(META)?;
         let get = |k: &str| -> Result<u64, StoreError> {
             Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
@@ -771,7 +900,27 @@ impl Store {
 impl Shared {
     /// Drops the poisoned database and opens the file again. Waits briefly for readers to let
     /// go of the old handle; on failure the store stays unavailable until the next attempt.
-    pub(crate) fn reopen(&self) -> Result<Arc<Database>, StoreError> {
+    /// Returns the database, the last log generation it holds, and where the records end
+    /// that the log must keep (see [`Recovered`]).
+    pub(crate) fn reopen(&self) -> Result<(Arc<Database>, u64, u64), StoreError> {
+        *self
+            .reopening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        let result = self.reopen_inner();
+        *self
+            .reopening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.reopened.notify_all();
+        result
+    }
+
+    fn reopen_inner(&self) -> Result<(Arc<Database>, u64, u64), StoreError> {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut snap) = self.snapshot.write() {
+            snap.take();
+        }
         let mut slot = self.db.write().map_err(|_| StoreError::Unavailable)?;
         if let Some(old) = slot.take() {
             let deadline = Instant::now() + Duration::from_secs(2);
@@ -791,13 +940,40 @@ impl Shared {
                 }
             }
         }
-        let db = Arc::new(open_database(&self.path, &self.config, &self.io)?);
-        let usage = Usage::scan(&db)?;
+        let Recovered {
+            db,
+            usage,
+            last_gen,
+            replayed,
+            log_end,
+        } = recover(&self.path, &self.config, &self.io)?;
+        let db = Arc::new(db);
+        self.counters
+            .replayed_records
+            .fetch_add(replayed, Ordering::Relaxed);
         *self.usage.write().unwrap_or_else(PoisonError::into_inner) = usage;
         self.counters.reopens.fetch_add(1, Ordering::Relaxed);
         *slot = Some(Arc::clone(&db));
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.publish(epoch, last_gen, db.begin_read().ok().map(Arc::new));
         tracing::info!(path = %self.path.display(), "database reopened after an IO failure");
-        Ok(db)
+        Ok((db, last_gen, log_end))
+    }
+
+    /// Shows readers the state of batch `gen_`, unless they already see a newer one or the
+    /// file was reopened since the snapshot was taken (in `epoch`).
+    pub(crate) fn publish(&self, epoch: u64, gen_: u64, snapshot: Option<Arc<ReadTransaction>>) {
+        let Some(rtx) = snapshot else { return };
+        let mut slot = self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if slot.as_ref().is_none_or(|(g, _)| *g < gen_) {
+            *slot = Some((gen_, rtx));
+        }
     }
 
     pub(crate) fn current_db(&self) -> Option<Arc<Database>> {

@@ -2,25 +2,33 @@
 //!
 //! The loop blocks for one operation, then takes whatever else is already queued (no waiting
 //! for more: while one commit is in fsync, the next batch queues up by itself), applies all of
-//! it in one write transaction, commits it durably, and only then answers every operation.
+//! it in one write transaction, commits it, and only then answers every operation. A batch of
+//! Enqueue, EnqueueBatch and Ack goes through the write-ahead log (see [`crate::wal`]): the
+//! commit is non-durable, the log is fsynced by the syncer thread, which answers; anything else
+//! is a durable commit that also makes the log's earlier batches durable.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::Receiver;
+use std::fs::File;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use ferry_proto::types::{BundleDigest, HybridPublicKey, IdentityKey, MailboxAddr};
 use portable_atomic::Ordering;
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction,
+};
 
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, DEDUP_RECORD_COST, EXPIRY,
     FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN,
-    META_EXPIRED, META_NEXT_MAILBOX, PRESENCE, Record, cost,
+    META_EXPIRED, META_NEXT_MAILBOX, META_WAL_APPLIED, PRESENCE, Record, cost,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
 use crate::usage::{Totals, Usage, UsageChange};
+use crate::wal::{self, Wal};
 use crate::{QuotaScope, StoreConfig, StoreError};
 
 pub(crate) enum WriteOp {
@@ -99,12 +107,159 @@ impl<E: Into<StoreError>> From<E> for ApplyError {
     }
 }
 
-pub(crate) fn run(shared: &Arc<Shared>, rx: &Receiver<Job>) {
+/// A batch the writer applied and logged, waiting for the log's fsync to be answered.
+struct SyncJob {
+    epoch: u64,
+    gen_: u64,
+    snapshot: Option<Arc<ReadTransaction>>,
+    replies: Vec<(Reply, Result<Outcome, StoreError>)>,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
+
+/// The write-ahead log and its syncer thread.
+struct Log {
+    wal: Wal,
+    tx: Option<Sender<SyncJob>>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // The syncer answers what it still holds, then ends.
+        self.tx.take();
+        if let Some(h) = self.syncer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Log {
+    fn start(shared: &Arc<Shared>, pos: u64) -> Result<Self, StoreError> {
+        let path = wal::path_for(&shared.path);
+        let io = |e| StoreError::from_io(&path, e);
+        let prealloc = shared.config.checkpoint_bytes.saturating_add(64 * 1024);
+        let wal = Wal::open(&path, prealloc, pos).map_err(io)?;
+        let file = wal.sync_handle().map_err(io)?;
+        let (tx, rx) = mpsc::channel();
+        let syncer_shared = Arc::clone(shared);
+        let syncer = std::thread::Builder::new()
+            .name("ferry-store-sync".into())
+            .spawn(move || sync_loop(&syncer_shared, &file, &rx))
+            .map_err(io)?;
+        Ok(Self {
+            wal,
+            tx: Some(tx),
+            syncer: Some(syncer),
+        })
+    }
+}
+
+/// The syncer: one `fdatasync` for every batch logged since the last, then their answers.
+fn sync_loop(shared: &Shared, file: &File, rx: &Receiver<SyncJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        // After a failed fsync the kernel may have dropped the pages it could not write, so a
+        // later fsync that succeeds proves nothing about them: fail everything until the
+        // writer has reopened the database and replayed the log.
+        let synced = if shared.wal_broken.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable)
+        } else {
+            shared.io.syncs.fetch_add(1, Ordering::Relaxed);
+            file.sync_data()
+                .map_err(|e| StoreError::from_io(&wal::path_for(&shared.path), e))
+        };
+        match synced {
+            Ok(()) => {
+                if let Some(last) = jobs.iter().rev().find(|j| j.snapshot.is_some()) {
+                    shared.publish(last.epoch, last.gen_, last.snapshot.clone());
+                }
+                for job in jobs {
+                    for (reply, outcome) in job.replies {
+                        let _ = reply.send(outcome);
+                    }
+                }
+            }
+            Err(e) => {
+                if !shared.wal_broken.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "syncing the write-ahead log failed; its batches are refused until the database is reopened");
+                }
+                shared
+                    .counters
+                    .failed_commits
+                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                for job in jobs {
+                    for (reply, _) in job.replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The writer's own state across batches.
+struct Writer {
+    log: Option<Log>,
+    /// Generation of the next batch; every batch, logged or durable, takes one.
+    next_gen: u64,
+}
+
+/// Opens the write-ahead log (unless it is off and holds nothing to keep) and starts the
+/// writer thread. `last_gen` is the last log generation the database holds; `log_end` where
+/// the records end that a replay kept in the log (0: the log starts over).
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    rx: Receiver<Job>,
+    last_gen: u64,
+    log_end: u64,
+) -> Result<JoinHandle<()>, StoreError> {
+    let log = if shared.config.wal || log_end > 0 {
+        Some(Log::start(shared, log_end)?)
+    } else {
+        None
+    };
+    let shared = Arc::clone(shared);
+    let path = shared.path.clone();
+    std::thread::Builder::new()
+        .name("ferry-store-writer".into())
+        .spawn(move || run(&shared, &rx, last_gen, log))
+        .map_err(|e| StoreError::from_io(&path, e))
+}
+
+fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>) {
     let cfg = &shared.config;
+    let mut w = Writer {
+        log,
+        next_gen: last_gen + 1,
+    };
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_ops);
     let mut stopping = false;
+    // Doubles (to a minute at most) while idle checkpoints fail, on a full disk say.
+    let mut idle_wait = cfg.checkpoint_idle;
     while !stopping {
-        let Ok(first) = rx.recv() else { break };
+        let logged_bytes = w.log.as_ref().map_or(0, |l| l.wal.len());
+        let first = if logged_bytes > 0 {
+            match rx.recv_timeout(idle_wait) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    // Idle with a log: commit the database so the log can go.
+                    idle_wait = if commit_batch(shared, &mut batch, &mut w) {
+                        cfg.checkpoint_idle
+                    } else {
+                        (idle_wait * 2).clamp(cfg.checkpoint_idle, Duration::from_secs(60))
+                    };
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            let Ok(first) = rx.recv() else { break };
+            first
+        };
         let mut bytes = first.op.payload_bytes();
         batch.push(first);
         while batch.len() < cfg.max_batch_ops && bytes < cfg.max_batch_bytes {
@@ -124,39 +279,115 @@ pub(crate) fn run(shared: &Arc<Shared>, rx: &Receiver<Job>) {
                 let _ = late.reply.send(Err(StoreError::Closed));
             }
         }
-        commit_batch(shared, &mut batch);
+        if commit_batch(shared, &mut batch, &mut w) {
+            idle_wait = cfg.checkpoint_idle;
+        }
     }
-    // Operations queued after shutdown are refused by the dropped receiver.
+    // Operations queued after shutdown are refused by the dropped receiver; dropping the log
+    // lets the syncer answer what it holds.
 }
 
-fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
+/// Reopens the database (replaying the log), after an IO failure or a failed log fsync.
+fn reopen(shared: &Shared, w: &mut Writer) -> Result<Arc<Database>, StoreError> {
+    let (db, last_gen, log_end) = shared.reopen()?;
+    w.next_gen = w.next_gen.max(last_gen + 1);
+    if let Some(log) = &mut w.log {
+        log.wal.set_pos(log_end);
+    }
+    shared.wal_broken.store(false, Ordering::Release);
+    Ok(db)
+}
+
+/// Applies, commits and answers (or hands to the syncer) a batch; returns whether it committed.
+fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> bool {
     let started = Instant::now();
     let ops = batch.len();
     let db = match shared.current_db() {
+        Some(_) if shared.wal_broken.load(Ordering::Acquire) => reopen(shared, w),
         Some(db) => Ok(db),
-        None => shared.reopen(),
+        None => reopen(shared, w),
     };
-    let result = db.and_then(|db| apply_all(&db, shared, batch));
+    let gen_ = w.next_gen;
+    w.next_gen += 1;
+    let cfg = &shared.config;
+    // A batch goes to the log while the log is below `checkpoint_bytes`; a batch of acks
+    // only, also beyond that while the log holds records and it fits in the file's space:
+    // after a checkpoint failed on a full disk, acknowledging is what frees room for the next.
+    let record =
+        (w.log.is_some() && !batch.is_empty() && batch.iter().all(|j| wal::loggable(&j.op)))
+            .then(|| wal::encode(gen_, batch.iter().map(|j| &j.op)));
+    let logged = match (&record, &w.log) {
+        (Some(r), Some(log)) => {
+            (cfg.wal && log.wal.len() < cfg.checkpoint_bytes)
+                || (log.wal.len() > 0
+                    && batch.iter().all(|j| matches!(j.op, WriteOp::Ack { .. }))
+                    && log.wal.fits(r.len()))
+        }
+        _ => false,
+    };
+    let durability = if logged {
+        Durability::None
+    } else {
+        Durability::Immediate
+    };
+    let record_gen = w.log.is_some().then_some(gen_);
+    let epoch = shared.epoch.load(Ordering::Acquire);
+    let result = db.and_then(|db| {
+        let to_log = match (&mut w.log, &record) {
+            (Some(log), Some(record)) if logged => Some((&mut log.wal, record.as_slice())),
+            _ => None,
+        };
+        let outcomes = apply_all(&db, shared, batch, durability, record_gen, to_log)?;
+        if let Some(log) = &mut w.log
+            && !logged
+        {
+            log.wal.rewind();
+        }
+        Ok((outcomes, db.begin_read().ok().map(Arc::new)))
+    });
     let ok = result.is_ok();
     let elapsed = started.elapsed();
     // Counters and the observer (metrics) see a commit before anyone is answered, so a
     // client that got its acknowledgement never reads figures that do not include it yet.
-    if let Some(obs) = &shared.observer {
+    if let Some(obs) = shared.observer.as_ref().filter(|_| ops > 0) {
         obs.committed(ops, elapsed, ok);
     }
     let c = &shared.counters;
     match result {
-        Ok(outcomes) => {
+        Ok((outcomes, snapshot)) => {
             c.commits.fetch_add(1, Ordering::Relaxed);
+            if !logged {
+                c.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
             c.ops.fetch_add(ops as u64, Ordering::Relaxed);
             c.max_batch.fetch_max(ops as u64, Ordering::Relaxed);
             c.commit_nanos.fetch_add(
                 u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             );
-            for (job, outcome) in batch.drain(..).zip(outcomes) {
-                let _ = job.reply.send(outcome);
+            let replies: Vec<_> = batch.drain(..).map(|j| j.reply).zip(outcomes).collect();
+            match w.log.as_ref().and_then(|l| l.tx.as_ref()) {
+                Some(tx) if logged => {
+                    let job = SyncJob {
+                        epoch,
+                        gen_,
+                        snapshot,
+                        replies,
+                    };
+                    if let Err(mpsc::SendError(job)) = tx.send(job) {
+                        for (reply, _) in job.replies {
+                            let _ = reply.send(Err(StoreError::Closed));
+                        }
+                    }
+                }
+                _ => {
+                    shared.publish(epoch, gen_, snapshot);
+                    for (reply, outcome) in replies {
+                        let _ = reply.send(outcome);
+                    }
+                }
             }
+            true
         }
         Err(e) => {
             c.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -165,14 +396,16 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
                 let _ = job.reply.send(Err(e.clone()));
             }
             // redb refuses all further use of a handle after an IO error; open the file again
-            // so the node recovers once the cause (a full disk, say) is gone.
+            // so the node recovers once the cause (a full disk, say) is gone. That rolls the
+            // database back to its last durable commit and replays the log.
             if matches!(
                 e,
                 StoreError::DiskFull(_) | StoreError::Unavailable | StoreError::Db(_)
-            ) && let Err(re) = shared.reopen()
+            ) && let Err(re) = reopen(shared, w)
             {
                 tracing::warn!(error = %re, "reopening the database failed; will retry on the next write");
             }
+            false
         }
     }
 }
@@ -180,10 +413,20 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>) {
 type Outcomes = Vec<Result<Outcome, StoreError>>;
 
 /// Applies and commits a batch; the in-memory usage follows only once the commit succeeded.
-fn apply_all(db: &Database, shared: &Shared, batch: &[Job]) -> Result<Outcomes, StoreError> {
+/// With `record_gen`, the transaction records that it holds the log up to that generation.
+/// With `log`, the batch's record is written to the log before the commit, and taken back if
+/// the commit fails: a batch is in the log only if it is in the database.
+fn apply_all(
+    db: &Database,
+    shared: &Shared,
+    batch: &[Job],
+    durability: Durability,
+    record_gen: Option<u64>,
+    log: Option<(&mut Wal, &[u8])>,
+) -> Result<Outcomes, StoreError> {
     let cfg = &shared.config;
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    txn.set_durability(durability)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let change = {
         let mut t = Tables::open(&txn, &shared.usage)?;
@@ -194,15 +437,87 @@ fn apply_all(db: &Database, shared: &Shared, batch: &[Job]) -> Result<Outcomes, 
                 Err(ApplyError::Fatal(e)) => return Err(e),
             }
         }
+        if let Some(g) = record_gen {
+            t.meta_table.insert(META_WAL_APPLIED, g)?;
+        }
         t.flush()?
     };
-    txn.commit()?;
+    let wal_err = |e| StoreError::from_io(&wal::path_for(&shared.path), e);
+    match log {
+        Some((wal, record)) => {
+            let at = wal.len();
+            wal.append(record).map_err(wal_err)?;
+            if let Err(e) = txn.commit() {
+                if let Err(re) = wal.retract(at) {
+                    tracing::warn!(error = %re, "taking a record back from the write-ahead log failed; a replay may store the batch that failed");
+                }
+                return Err(e.into());
+            }
+            shared
+                .io
+                .bytes_written
+                .fetch_add(record.len() as u64, Ordering::Relaxed);
+        }
+        None => txn.commit()?,
+    }
     shared
         .usage
         .write()
         .unwrap_or_else(PoisonError::into_inner)
         .apply(change);
     Ok(outcomes)
+}
+
+/// The last log generation a database holds (0 for a new file or one from before the log).
+pub(crate) fn applied_gen(db: &Database) -> Result<u64, StoreError> {
+    let rtx = db.begin_read()?;
+    let meta = rtx.open_table(META)?;
+    Ok(meta.get(META_WAL_APPLIED)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Applies log records (those after the generation the database holds, see [`wal::parse`]),
+/// each as its own batch in the state the one before left, in one transaction with
+/// `durability`, and records the last one's generation.
+pub(crate) fn replay(
+    db: &Database,
+    cfg: &StoreConfig,
+    usage: &RwLock<Usage>,
+    records: &wal::Records,
+    durability: Durability,
+) -> Result<(), StoreError> {
+    let Some(&(last, _)) = records.last() else {
+        return Ok(());
+    };
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    let mut ops = 0usize;
+    for (_, record) in records {
+        let change = {
+            let mut t = Tables::open(&txn, usage)?;
+            for op in record {
+                match apply(&mut t, cfg, op) {
+                    Ok(_) | Err(ApplyError::Refused(_)) => {}
+                    Err(ApplyError::Fatal(e)) => return Err(e),
+                }
+                ops += 1;
+            }
+            t.flush()?
+        };
+        usage
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(change);
+    }
+    txn.open_table(META)?.insert(META_WAL_APPLIED, last)?;
+    txn.commit()?;
+    tracing::info!(
+        records = records.len(),
+        ops,
+        through_gen = last,
+        durable = matches!(durability, Durability::Immediate),
+        "replayed the write-ahead log"
+    );
+    Ok(())
 }
 
 fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome, ApplyError> {

@@ -9,6 +9,11 @@
 //!   `DELSTART <mailbox> <up_to>`  printed *before* an ack is submitted (it may then commit
 //!                                 or not; the parent treats those seqs as possibly deleted)
 //!
+//! The cycles take turns with three configurations: the default (batches of enqueues and acks
+//! through the write-ahead log, checkpointed every 1 MiB), a 16 KiB checkpoint (so that kills
+//! also land during and just after checkpoints), and the log off (every batch a durable
+//! commit). A killed child with the log on leaves records that the next open replays.
+//!
 //! `FERRY_CRASH_CYCLES` sets the number of kill cycles (default 25).
 
 mod common;
@@ -24,6 +29,21 @@ use ferry_store::{Store, StoreConfig};
 
 const MAILBOXES: u8 = 4;
 const THREADS: u64 = 6;
+
+/// The store configuration of a cycle.
+fn config(cycle: u64) -> StoreConfig {
+    match cycle % 3 {
+        0 => StoreConfig::default(),
+        1 => StoreConfig {
+            checkpoint_bytes: 16 * 1024,
+            ..StoreConfig::default()
+        },
+        _ => StoreConfig {
+            wal: false,
+            ..StoreConfig::default()
+        },
+    }
+}
 
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -47,7 +67,7 @@ fn crash_child() {
             (mb.parse().unwrap(), id.parse().unwrap())
         })
         .collect();
-    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let store = Store::open(&path, config(cycle)).unwrap();
     let out = Mutex::new(std::io::stdout());
     let line = |s: String| {
         let mut o = out.lock().unwrap();
@@ -128,6 +148,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut expect = Expect::default();
     let mut total_acked = 0usize;
     let mut dups_checked = 0usize;
+    let mut replayed = 0u64;
     for cycle in 1..=cycles {
         // Retry a few ids acknowledged in earlier cycles: they must come back as duplicates.
         let retry: Vec<String> = expect
@@ -207,8 +228,10 @@ fn acknowledged_writes_survive_sigkill() {
                 _ => {}
             }
         }
-        // Reopen (this runs redb's crash recovery) and check.
-        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        // Reopen (this runs redb's crash recovery and replays the log) and check.
+        let store = Store::open(&path, config(cycle)).unwrap();
+        let replayed_now = store.writer_stats().replayed_records;
+        replayed += replayed_now;
         let mut seen: HashMap<(u8, u64), u64> = HashMap::new();
         for mb in 0..MAILBOXES {
             for m in store
@@ -245,7 +268,7 @@ fn acknowledged_writes_survive_sigkill() {
         );
         store.close();
         eprintln!(
-            "cycle {cycle}: killed after {:?}, {} lines, {} stored, {} acknowledged so far",
+            "cycle {cycle}: killed after {:?}, {} lines, {} stored, {} acknowledged so far, {replayed_now} log records replayed",
             started.elapsed(),
             lines.len(),
             seen.len(),
@@ -253,7 +276,13 @@ fn acknowledged_writes_survive_sigkill() {
         );
     }
     assert!(total_acked > 0, "the child never got a write acknowledged");
+    if cycles >= 3 {
+        assert!(
+            replayed > 0,
+            "no kill left the write-ahead log anything to replay"
+        );
+    }
     eprintln!(
-        "{cycles} kill cycles, {total_acked} acknowledged writes checked, {dups_checked} retries recognised"
+        "{cycles} kill cycles, {total_acked} acknowledged writes checked, {dups_checked} retries recognised, {replayed} log records replayed"
     );
 }

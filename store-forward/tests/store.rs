@@ -699,3 +699,105 @@ fn a_full_writer_queue_refuses_with_busy_and_loses_nothing() {
         .wait()
         .unwrap();
 }
+
+#[test]
+fn the_write_ahead_log_is_checkpointed_when_idle_and_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.redb");
+    let wal = dir.path().join("w.redb-wal");
+    let cfg = StoreConfig {
+        checkpoint_idle: Duration::from_millis(50),
+        ..StoreConfig::default()
+    };
+    let s = Store::open(&path, cfg.clone()).unwrap();
+    // Preallocated, so that an fsync of the log never has a size change to journal.
+    let prealloc = std::fs::metadata(&wal).unwrap().len();
+    assert!(prealloc > cfg.checkpoint_bytes, "log file {prealloc} bytes");
+    for i in 1..=5u64 {
+        s.enqueue(msg(mailbox(1), i, b"p", T0, HOUR))
+            .wait()
+            .unwrap();
+    }
+    s.ack(mailbox(1), 2).wait().unwrap();
+    let w = s.writer_stats();
+    assert_eq!(w.commits, 6, "{w:?}");
+    assert_eq!(
+        w.checkpoints, 0,
+        "enqueues and acks go through the log: {w:?}"
+    );
+    // Idle: the writer checkpoints by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.writer_stats().checkpoints == 0 {
+        assert!(std::time::Instant::now() < deadline, "no idle checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Anything else is a durable commit of its own.
+    s.sweep(T0).wait().unwrap();
+    assert_eq!(s.writer_stats().checkpoints, 2);
+    s.enqueue(msg(mailbox(1), 6, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    s.close();
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), prealloc);
+    // A clean close leaves nothing to replay.
+    let s = Store::open(&path, cfg).unwrap();
+    assert_eq!(s.writer_stats().replayed_records, 0);
+    assert_eq!(
+        all(&s, &mailbox(1), T0)
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
+}
+
+#[test]
+fn without_the_log_every_batch_is_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.redb");
+    let s = Store::open(
+        &path,
+        StoreConfig {
+            wal: false,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    for i in 1..=3u64 {
+        s.enqueue(msg(mailbox(1), i, b"p", T0, HOUR))
+            .wait()
+            .unwrap();
+    }
+    let w = s.writer_stats();
+    assert_eq!((w.commits, w.checkpoints), (3, 3), "{w:?}");
+    assert!(!dir.path().join("n.redb-wal").exists());
+    s.close();
+}
+
+#[test]
+fn acks_go_to_the_log_past_the_checkpoint_size_only_while_it_holds_records() {
+    // A tiny checkpoint size: the log holds one batch, then the next one checkpoints.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path().join("a.redb"),
+        StoreConfig {
+            checkpoint_bytes: 1,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    s.enqueue(msg(mailbox(1), 1, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!(s.writer_stats().checkpoints, 0);
+    // Past the size: an ack still goes to the log (it fits in the file's space)...
+    s.ack(mailbox(1), 1).wait().unwrap();
+    assert_eq!(s.writer_stats().checkpoints, 0);
+    // ...an enqueue checkpoints.
+    s.enqueue(msg(mailbox(1), 2, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!(s.writer_stats().checkpoints, 1);
+    assert_eq!(all(&s, &mailbox(1), T0), vec![(2, b"p".to_vec())]);
+    s.close();
+}

@@ -190,8 +190,9 @@ pub(crate) fn store(args: AdminArgs) -> anyhow::Result<()> {
     ));
     out(&format!("database:    {} bytes on disk", n("file_bytes")));
     out(&format!(
-        "writes:      {} commits, {} fsyncs, {} bytes written since start",
+        "writes:      {} commits ({} checkpoints), {} fsyncs, {} bytes written since start",
         n("commits"),
+        n("checkpoints"),
         n("fsyncs"),
         n("bytes_written")
     ));

@@ -152,6 +152,8 @@ fn resolved(cfg: &NodeConfig) -> serde_json::Value {
             "max_recipient_messages": cfg.store.max_recipient_messages,
             "max_recipient_bytes": cfg.store.max_recipient_bytes,
             "cache_bytes": cfg.store.cache_bytes,
+            "wal": cfg.store.wal,
+            "checkpoint_bytes": cfg.store.checkpoint_bytes,
         },
         "mesh": {
             "enabled": cfg.mesh.enabled,

@@ -1,0 +1,593 @@
+//! The write-ahead log in front of redb.
+//!
+//! A batch made only of Enqueue, EnqueueBatch and Ack operations is applied to redb in a
+//! non-durable commit (no fsync; its pages stay in redb's write buffer), and its operations are
+//! appended to this log. A second thread, the syncer, `fdatasync`s the log and only then answers
+//! the operations, so the writer applies the next batch while the disk syncs the last one.
+//! Every other batch, and any batch once the log has grown past
+//! [`crate::StoreConfig::checkpoint_bytes`], is a durable redb commit: it records the
+//! generation it covers in `meta` and empties the log.
+//!
+//! On open, the records after that generation are applied again, in order, each in the state
+//! the one before it left, which is the state it was first applied to; so each operation has the
+//! same outcome as when it was answered.
+//!
+//! A record: `body_len u32 LE | crc32 u32 LE (of gen and body) | gen u64 LE | body`. The body is
+//! `op count u32`, then each operation: `1` Enqueue (one message), `2` EnqueueBatch (`count
+//! u32`, messages), `3` Ack (`addr`, `seq_up_to u64`). A message is `addr_len u16 | addr |
+//! record_len u32 | record` with the mailbox address and message record as the tables store
+//! them. Replay stops at the first record that is short, fails its checksum, or does not follow
+//! the previous generation: only the tail after the last fsync can be torn.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ferry_proto::types::MailboxAddr;
+
+use crate::StoreError;
+use crate::schema::{self, Record};
+use crate::store::NewMessage;
+use crate::writer::WriteOp;
+
+const HEADER: usize = 4 + 4 + 8;
+const OP_ENQUEUE: u8 = 1;
+const OP_ENQUEUE_BATCH: u8 = 2;
+const OP_ACK: u8 = 3;
+
+/// The log's path: the database's, with `-wal` appended.
+pub(crate) fn path_for(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// Whether an operation can go through the log (else its batch is a durable commit).
+pub(crate) fn loggable(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::Enqueue(_) | WriteOp::EnqueueBatch(_) | WriteOp::Ack { .. }
+    )
+}
+
+// Evaluated at compile time: an index out of bounds would fail the build, not panic.
+#[allow(clippy::indexing_slicing)]
+const fn crc_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+}
+
+static CRC_TABLE: [u32; 256] = crc_table();
+
+/// CRC-32 (IEEE), over several slices.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut c = !0u32;
+    for part in parts {
+        for &b in *part {
+            let idx = usize::from((c as u8) ^ b);
+            c = CRC_TABLE.get(idx).copied().unwrap_or(0) ^ (c >> 8);
+        }
+    }
+    !c
+}
+
+fn put_message(out: &mut Vec<u8>, m: &NewMessage) {
+    let addr = schema::encode_addr(&m.mailbox);
+    let record = Record {
+        enqueued_at_ms: m.enqueued_at_ms,
+        expires_at_ms: m.expires_at_ms,
+        message_id: m.message_id,
+        sender: m.sender,
+        payload: &m.payload,
+    }
+    .encode();
+    out.extend_from_slice(&u16::try_from(addr.len()).unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&addr);
+    out.extend_from_slice(&u32::try_from(record.len()).unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&record);
+}
+
+fn put_addr(out: &mut Vec<u8>, addr: &MailboxAddr) {
+    let addr = schema::encode_addr(addr);
+    out.extend_from_slice(&u16::try_from(addr.len()).unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&addr);
+}
+
+/// Encodes the loggable operations of a batch as one record of generation `gen`.
+pub(crate) fn encode<'a>(gen_: u64, ops: impl Iterator<Item = &'a WriteOp>) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER];
+    out.extend_from_slice(&[0; 4]);
+    let mut count = 0u32;
+    for op in ops {
+        match op {
+            WriteOp::Enqueue(m) => {
+                out.push(OP_ENQUEUE);
+                put_message(&mut out, m);
+            }
+            WriteOp::EnqueueBatch(ms) => {
+                out.push(OP_ENQUEUE_BATCH);
+                out.extend_from_slice(&u32::try_from(ms.len()).unwrap_or(0).to_le_bytes());
+                for m in ms {
+                    put_message(&mut out, m);
+                }
+            }
+            WriteOp::Ack { mailbox, seq_up_to } => {
+                out.push(OP_ACK);
+                put_addr(&mut out, mailbox);
+                out.extend_from_slice(&seq_up_to.to_le_bytes());
+            }
+            // Never in a logged batch (see `loggable`); nothing is written for it.
+            _ => continue,
+        }
+        count += 1;
+    }
+    let body_len = u32::try_from(out.len() - HEADER).unwrap_or(u32::MAX);
+    if let Some(c) = out.get_mut(HEADER..HEADER + 4) {
+        c.copy_from_slice(&count.to_le_bytes());
+    }
+    let gen_bytes = gen_.to_le_bytes();
+    let crc = crc32(&[&gen_bytes, out.get(HEADER..).unwrap_or(&[])]);
+    let header = [body_len.to_le_bytes(), crc.to_le_bytes()]
+        .concat()
+        .into_iter()
+        .chain(gen_bytes);
+    for (slot, b) in out.iter_mut().zip(header) {
+        *slot = b;
+    }
+    out
+}
+
+fn bad(reason: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        table: "wal",
+        reason,
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        let (head, rest) = self
+            .0
+            .split_at_checked(n)
+            .ok_or_else(|| bad("short operation"))?;
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?.first().copied().unwrap_or(0))
+    }
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        let b = self.take(2)?.first_chunk::<2>().copied().unwrap_or([0; 2]);
+        Ok(u16::from_le_bytes(b))
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let b = self.take(4)?.first_chunk::<4>().copied().unwrap_or([0; 4]);
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let b = self.take(8)?.first_chunk::<8>().copied().unwrap_or([0; 8]);
+        Ok(u64::from_le_bytes(b))
+    }
+    fn addr(&mut self) -> Result<MailboxAddr, StoreError> {
+        let len = self.u16()?;
+        schema::decode_addr(self.take(usize::from(len))?)
+    }
+    fn message(&mut self) -> Result<NewMessage, StoreError> {
+        let mailbox = self.addr()?;
+        let len = self.u32()?;
+        let r = schema::decode_record(self.take(len as usize)?)?;
+        Ok(NewMessage {
+            mailbox,
+            message_id: r.message_id,
+            sender: r.sender,
+            payload: r.payload.to_vec(),
+            enqueued_at_ms: r.enqueued_at_ms,
+            expires_at_ms: r.expires_at_ms,
+        })
+    }
+}
+
+fn decode_body(body: &[u8]) -> Result<Vec<WriteOp>, StoreError> {
+    let mut r = Reader(body);
+    let count = r.u32()?;
+    let mut ops = Vec::new();
+    for _ in 0..count {
+        ops.push(match r.u8()? {
+            OP_ENQUEUE => WriteOp::Enqueue(r.message()?),
+            OP_ENQUEUE_BATCH => {
+                let n = r.u32()?;
+                let mut ms = Vec::new();
+                for _ in 0..n {
+                    ms.push(r.message()?);
+                }
+                WriteOp::EnqueueBatch(ms)
+            }
+            OP_ACK => WriteOp::Ack {
+                mailbox: r.addr()?,
+                seq_up_to: r.u64()?,
+            },
+            _ => return Err(bad("unknown operation")),
+        });
+    }
+    if !r.0.is_empty() {
+        return Err(bad("trailing bytes in a record"));
+    }
+    Ok(ops)
+}
+
+/// The records of a log after generation `applied`, in order, up to the first torn or stale
+/// one, and the offset just past the last of them (0 if none). A record whose checksum holds
+/// but that does not decode is corruption, not a torn tail.
+pub(crate) type Records = Vec<(u64, Vec<WriteOp>)>;
+
+pub(crate) fn parse(data: &[u8], applied: u64) -> Result<(Records, u64), StoreError> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    let mut last = applied;
+    let mut end = 0;
+    while let Some((header, after)) = rest.split_first_chunk::<HEADER>() {
+        let [l0, l1, l2, l3, c0, c1, c2, c3, gen_bytes @ ..] = *header;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        let Some((body, next)) = after.split_at_checked(len) else {
+            break;
+        };
+        if crc32(&[&gen_bytes, body]) != u32::from_le_bytes([c0, c1, c2, c3]) {
+            break;
+        }
+        let gen_ = u64::from_le_bytes(gen_bytes);
+        if gen_ <= last {
+            if out.is_empty() && gen_ <= applied {
+                // Already in the database (a checkpoint's truncation not yet on disk).
+                rest = next;
+                continue;
+            }
+            break;
+        }
+        out.push((gen_, decode_body(body)?));
+        last = gen_;
+        rest = next;
+        end = data.len() - rest.len();
+    }
+    Ok((out, end as u64))
+}
+
+/// Reads the whole log at `path` (empty if it does not exist).
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, std::io::Error> {
+    let mut data = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut data)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(data)
+}
+
+/// The log as the writer writes it: records from the start of the file, which is kept at
+/// (at least) its preallocated size. Bytes past the last record are zeros or an older cycle's
+/// records, which [`parse`] stops at; so the file's size never changes while it is in use, and
+/// `fdatasync` has only the records' blocks to write, no size to journal.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    file: File,
+    /// Where the next record goes: the bytes of records since the last checkpoint.
+    pos: u64,
+    /// The file's size: records up to it need no new space on the disk.
+    capacity: u64,
+}
+
+impl Wal {
+    /// Opens (creating) the log; what it holds was replayed already. Fills it with zeros to
+    /// `prealloc` bytes if shorter (on failure, a full disk say, it grows as records come).
+    /// `pos` is where the records replay kept end (0 when replay emptied the log).
+    pub(crate) fn open(path: &Path, prealloc: u64, pos: u64) -> Result<Self, std::io::Error> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len < prealloc {
+            let zeros = vec![0u8; 64 * 1024];
+            let mut at = len;
+            let filled = (|| {
+                file.seek(SeekFrom::Start(len))?;
+                while at < prealloc {
+                    let n =
+                        usize::try_from(prealloc - at).map_or(zeros.len(), |n| n.min(zeros.len()));
+                    file.write_all(zeros.get(..n).unwrap_or(&zeros))?;
+                    at += n as u64;
+                }
+                file.sync_all()
+            })();
+            if let Err(e) = filled {
+                tracing::warn!(error = %e, path = %path.display(), "preallocating the write-ahead log failed; it grows as it is written");
+                let _ = file.set_len(len);
+            }
+        }
+        let capacity = file.metadata()?.len();
+        Ok(Self {
+            file,
+            pos,
+            capacity,
+        })
+    }
+
+    /// Whether `n` more bytes fit in the space the file already has.
+    pub(crate) fn fits(&self, n: usize) -> bool {
+        self.pos.saturating_add(n as u64) <= self.capacity
+    }
+
+    /// A second handle on the same file, for the syncer.
+    pub(crate) fn sync_handle(&self) -> Result<File, std::io::Error> {
+        self.file.try_clone()
+    }
+
+    /// Bytes of records since the last checkpoint.
+    pub(crate) fn len(&self) -> u64 {
+        self.pos
+    }
+
+    /// Writes a record after the last (no fsync: the syncer does that). A record written only
+    /// in part is a torn tail that replay stops at; the next one overwrites it.
+    pub(crate) fn append(&mut self, record: &[u8]) -> Result<(), std::io::Error> {
+        self.file.write_all_at(record, self.pos)?;
+        self.pos += record.len() as u64;
+        self.capacity = self.capacity.max(self.pos);
+        Ok(())
+    }
+
+    /// Takes back the records written from `at` on (a batch whose commit failed): zeros
+    /// where the first began, so that replay ends before it, and the next record goes there.
+    pub(crate) fn retract(&mut self, at: u64) -> Result<(), std::io::Error> {
+        self.pos = at;
+        self.file.write_all_at(&[0u8; HEADER], at)
+    }
+
+    /// Starts the log over once a durable commit holds everything in it. The records stay in
+    /// the file until overwritten: replay skips them by generation.
+    pub(crate) fn rewind(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Continues after the records a replay kept (see [`Wal::open`]).
+    pub(crate) fn set_pos(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::types::{ChannelId, DeviceId, IdentityKey, MessageId};
+
+    fn msg(n: u8, payload: &[u8]) -> NewMessage {
+        NewMessage {
+            mailbox: MailboxAddr {
+                recipient: IdentityKey::from_array([n; 32]),
+                channel: ChannelId::from_array([n; 16]),
+                device: DeviceId::from_field(b"phone", "d").unwrap(),
+            },
+            message_id: MessageId::from_array([n; 16]),
+            sender: n
+                .is_multiple_of(2)
+                .then(|| IdentityKey::from_array([9; 32])),
+            payload: payload.to_vec(),
+            enqueued_at_ms: 1_000 + u64::from(n),
+            expires_at_ms: 9_000 + u64::from(n),
+        }
+    }
+
+    fn ops() -> Vec<WriteOp> {
+        vec![
+            WriteOp::Enqueue(msg(1, b"one")),
+            WriteOp::EnqueueBatch(vec![msg(2, b""), msg(3, &[7; 300])]),
+            WriteOp::Ack {
+                mailbox: msg(4, b"").mailbox,
+                seq_up_to: 77,
+            },
+        ]
+    }
+
+    fn summary(ops: &[WriteOp]) -> Vec<String> {
+        ops.iter()
+            .map(|op| match op {
+                WriteOp::Enqueue(m) => format!("e {m:?}"),
+                WriteOp::EnqueueBatch(ms) => format!("b {ms:?}"),
+                WriteOp::Ack { mailbox, seq_up_to } => format!("a {mailbox:?} {seq_up_to}"),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let mut log = encode(5, ops().iter());
+        log.extend(encode(7, ops()[..1].iter()));
+        let (got, end) = parse(&log, 0).unwrap();
+        assert_eq!(end, log.len() as u64);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, 5);
+        assert_eq!(summary(&got[0].1), summary(&ops()));
+        assert_eq!(got[1].0, 7);
+        assert_eq!(summary(&got[1].1), summary(&ops()[..1]));
+    }
+
+    #[test]
+    fn replay_skips_applied_and_stops_at_a_torn_tail() {
+        let mut log = encode(5, ops().iter());
+        log.extend(encode(6, ops().iter()));
+        let whole = log.len();
+        log.extend(encode(7, ops().iter()));
+        // Records up to 5 are in the database already.
+        assert_eq!(parse(&log, 5).unwrap().0.len(), 2);
+        // Every cut inside the last record leaves the first two.
+        for cut in whole..log.len() {
+            let (got, end) = parse(&log[..cut], 0).unwrap();
+            assert_eq!(
+                got.iter().map(|r| r.0).collect::<Vec<_>>(),
+                [5, 6],
+                "cut {cut}"
+            );
+            assert_eq!(end, whole as u64);
+        }
+        // A flipped bit in the last record's body ends the log before it.
+        let mut flipped = log.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(parse(&flipped, 0).unwrap().0.len(), 2);
+        // A stale record after a newer one (an old log's leftovers) ends it too.
+        let mut stale = encode(9, ops().iter());
+        stale.extend(encode(8, ops().iter()));
+        assert_eq!(parse(&stale, 0).unwrap().0.len(), 1);
+        // Zeros (the preallocated rest of the file) end it.
+        let mut zeros = encode(3, ops().iter());
+        zeros.extend([0u8; 100]);
+        assert_eq!(parse(&zeros, 0).unwrap().0.len(), 1);
+        // Records the database already holds are skipped: nothing to replay or keep.
+        let (none, end) = parse(&log, 7).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(end, 0);
+    }
+
+    #[test]
+    fn a_record_that_checks_but_does_not_decode_is_corruption() {
+        let mut record = encode(3, ops().iter());
+        // An unknown operation tag, with the checksum made to match.
+        record[HEADER + 4] = 99;
+        let crc = crc32(&[&3u64.to_le_bytes(), &record[HEADER..]]);
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            parse(&record, 0),
+            Err(StoreError::Corrupt { table: "wal", .. })
+        ));
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
+    }
+}
+
+/// Replay from a real file: records after the generation the database holds are applied once,
+/// a torn tail is ignored, a record that checks but does not decode refuses the open.
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use crate::{Store, StoreConfig};
+    use ferry_proto::types::{ChannelId, DeviceId, IdentityKey, MessageId};
+    use redb::{Database, ReadableDatabase};
+
+    fn message(id: u8) -> NewMessage {
+        NewMessage {
+            mailbox: MailboxAddr {
+                recipient: IdentityKey::from_array([1; 32]),
+                channel: ChannelId::from_array([0; 16]),
+                device: DeviceId::from_field(b"", "d").unwrap_or_else(|_| unreachable!()),
+            },
+            message_id: MessageId::from_array([id; 16]),
+            sender: None,
+            payload: vec![id; 10],
+            enqueued_at_ms: 1_000,
+            expires_at_ms: 1_000_000,
+        }
+    }
+
+    fn applied(path: &Path) -> u64 {
+        let db = Database::open(path).unwrap();
+        let rtx = db.begin_read().unwrap();
+        let meta = rtx.open_table(crate::schema::META).unwrap();
+        let got = meta
+            .get(crate::schema::META_WAL_APPLIED)
+            .unwrap()
+            .map(|v| v.value());
+        got.unwrap()
+    }
+
+    fn ids(store: &Store) -> Vec<(u64, u8)> {
+        store
+            .fetch(&message(0).mailbox, 0, 100, usize::MAX, 1_000)
+            .unwrap()
+            .iter()
+            .map(|m| (m.seq, m.message_id.as_bytes()[0]))
+            .collect()
+    }
+
+    #[test]
+    fn a_log_written_before_a_crash_is_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        store.enqueue(message(1)).wait().unwrap();
+        store.close();
+        let g = applied(&path);
+        // What a crash leaves: two records the database does not hold (the second a retry of
+        // the message stored before, and an ack of it), then a torn third.
+        let mut log = encode(
+            g + 1,
+            [
+                WriteOp::Enqueue(message(2)),
+                WriteOp::EnqueueBatch(vec![message(3), message(1)]),
+            ]
+            .iter(),
+        );
+        log.extend(encode(
+            g + 2,
+            [WriteOp::Ack {
+                mailbox: message(0).mailbox,
+                seq_up_to: 1,
+            }]
+            .iter(),
+        ));
+        let torn = encode(g + 3, [WriteOp::Enqueue(message(4))].iter());
+        log.extend(&torn[..torn.len() - 3]);
+        std::fs::write(path_for(&path), &log).unwrap();
+
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.writer_stats().replayed_records, 2);
+        assert_eq!(ids(&store), [(2, 2), (3, 3)]);
+        // The retry was a duplicate then, and is one now.
+        assert!(store.enqueue(message(1)).wait().unwrap().duplicate);
+        assert_eq!(store.enqueue(message(4)).wait().unwrap().seq, 4);
+        store.close();
+        // Replayed once: the records are in the database now.
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.writer_stats().replayed_records, 0);
+        assert_eq!(ids(&store), [(2, 2), (3, 3), (4, 4)]);
+        store.close();
+
+        // A record whose checksum holds but whose operation is unknown: corruption.
+        let g = applied(&path);
+        let mut bad = encode(g + 1, [WriteOp::Enqueue(message(5))].iter());
+        if let Some(op) = bad.get_mut(HEADER + 4) {
+            *op = 77;
+        }
+        let crc = crc32(&[&(g + 1).to_le_bytes(), bad.get(HEADER..).unwrap_or(&[])]);
+        bad.splice(4..8, crc.to_le_bytes());
+        std::fs::write(path_for(&path), &bad).unwrap();
+        let err = Store::open(&path, StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt { table: "wal", .. }),
+            "{err}"
+        );
+    }
+}
