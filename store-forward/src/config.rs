@@ -46,7 +46,7 @@ impl Default for StoreConfig {
             sweep_batch: 10_000,
             wal: true,
             checkpoint_bytes: 1024 * 1024,
-            checkpoint_idle: Duration::from_secs(2),
+            checkpoint_idle: Duration::from_secs(30),
         }
     }
 }
