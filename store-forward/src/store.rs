@@ -43,6 +43,20 @@ pub struct NewMessage {
     pub expires_at_ms: u64,
 }
 
+impl NewMessage {
+    /// The message as the `messages` table (and the write-ahead log) store it.
+    pub(crate) fn encode_record(&self) -> Vec<u8> {
+        schema::Record {
+            enqueued_at_ms: self.enqueued_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            message_id: self.message_id,
+            sender: self.sender,
+            payload: &self.payload,
+        }
+        .encode()
+    }
+}
+
 /// The result of an enqueue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Enqueued {
@@ -367,20 +381,17 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
         let io = Arc::new(IoCounters::default());
-        let Recovered {
-            db,
-            usage,
-            last_gen,
-            replayed,
-            log_end,
-        } = recover(&path, &config, &io)?;
+        let rec = recover(&path, &config, &io)?;
+        let (db, last_gen, log_end) = (rec.db, rec.last_gen, rec.log_end);
         let snapshot = (last_gen, Arc::new(db.begin_read()?));
         let counters = WriterCounters::default();
-        counters.replayed_records.store(replayed, Ordering::Relaxed);
+        counters
+            .replayed_records
+            .store(rec.replayed, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
-            usage: RwLock::new(usage),
+            usage: RwLock::new(rec.usage),
             path,
             config,
             io,
@@ -940,18 +951,12 @@ impl Shared {
                 }
             }
         }
-        let Recovered {
-            db,
-            usage,
-            last_gen,
-            replayed,
-            log_end,
-        } = recover(&self.path, &self.config, &self.io)?;
-        let db = Arc::new(db);
+        let rec = recover(&self.path, &self.config, &self.io)?;
+        let (db, last_gen, log_end) = (Arc::new(rec.db), rec.last_gen, rec.log_end);
         self.counters
             .replayed_records
-            .fetch_add(replayed, Ordering::Relaxed);
-        *self.usage.write().unwrap_or_else(PoisonError::into_inner) = usage;
+            .fetch_add(rec.replayed, Ordering::Relaxed);
+        *self.usage.write().unwrap_or_else(PoisonError::into_inner) = rec.usage;
         self.counters.reopens.fetch_add(1, Ordering::Relaxed);
         *slot = Some(Arc::clone(&db));
         let epoch = self.epoch.load(Ordering::Acquire);

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use ferry_proto::types::MailboxAddr;
 
 use crate::StoreError;
-use crate::schema::{self, Record};
+use crate::schema;
 use crate::store::NewMessage;
 use crate::writer::WriteOp;
 
@@ -88,17 +88,8 @@ fn crc32(parts: &[&[u8]]) -> u32 {
 }
 
 fn put_message(out: &mut Vec<u8>, m: &NewMessage) {
-    let addr = schema::encode_addr(&m.mailbox);
-    let record = Record {
-        enqueued_at_ms: m.enqueued_at_ms,
-        expires_at_ms: m.expires_at_ms,
-        message_id: m.message_id,
-        sender: m.sender,
-        payload: &m.payload,
-    }
-    .encode();
-    out.extend_from_slice(&u16::try_from(addr.len()).unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(&addr);
+    put_addr(out, &m.mailbox);
+    let record = m.encode_record();
     out.extend_from_slice(&u32::try_from(record.len()).unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&record);
 }

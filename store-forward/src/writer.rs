@@ -24,7 +24,7 @@ use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverRe
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, DEDUP_RECORD_COST, EXPIRY,
     FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN,
-    META_EXPIRED, META_NEXT_MAILBOX, META_WAL_APPLIED, PRESENCE, Record, cost,
+    META_EXPIRED, META_NEXT_MAILBOX, META_WAL_APPLIED, PRESENCE, cost,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
 use crate::usage::{Totals, Usage, UsageChange};
@@ -1074,14 +1074,7 @@ impl<'t> Tables<'t> {
             });
         }
         let seq = last_seq + 1;
-        let record = Record {
-            enqueued_at_ms: m.enqueued_at_ms,
-            expires_at_ms: m.expires_at_ms,
-            message_id: m.message_id,
-            sender: m.sender,
-            payload: &m.payload,
-        }
-        .encode();
+        let record = m.encode_record();
         self.set_mailbox(addr, (id, seq));
         self.messages.insert((id, seq), record.as_slice())?;
         self.dedup
