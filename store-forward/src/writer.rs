@@ -238,7 +238,8 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>
     };
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_ops);
     let mut stopping = false;
-    // Doubles (to a minute at most) while idle checkpoints fail, on a full disk say.
+    // Doubles (to a minute, or checkpoint_idle if longer) while idle checkpoints fail, on a
+    // full disk say.
     let mut idle_wait = cfg.checkpoint_idle;
     while !stopping {
         let logged_bytes = w.log.as_ref().map_or(0, |l| l.wal.len());
@@ -250,7 +251,10 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>
                     idle_wait = if commit_batch(shared, &mut batch, &mut w) {
                         cfg.checkpoint_idle
                     } else {
-                        (idle_wait * 2).clamp(cfg.checkpoint_idle, Duration::from_secs(60))
+                        idle_wait
+                            .saturating_mul(2)
+                            .min(Duration::from_secs(60))
+                            .max(cfg.checkpoint_idle)
                     };
                     continue;
                 }
