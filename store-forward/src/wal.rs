@@ -6,7 +6,8 @@
 //! the operations, so the writer applies the next batch while the disk syncs the last one.
 //! Every other batch, and any batch once the log has grown past
 //! [`crate::StoreConfig::checkpoint_bytes`], is a durable redb commit: it records the
-//! generation it covers in `meta` and empties the log.
+//! generation it covers in `meta` (if the log holds records; otherwise every record in the file
+//! is older than the one recorded already) and empties the log.
 //!
 //! On open, the records after that generation are applied again, in order, each in the state
 //! the one before it left, which is the state it was first applied to; so each operation has the

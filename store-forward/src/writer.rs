@@ -334,7 +334,15 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
     } else {
         Durability::Immediate
     };
-    let record_gen = w.log.is_some().then_some(gen_);
+    // The generation the database holds the log up to: written by every logged batch (redb
+    // may persist a non-durable commit), and by a checkpoint while the log holds records. A
+    // checkpoint after an empty log leaves it: every record still in the file is older, and
+    // an idle node's commits stay a header write instead of a meta page and its tree.
+    let record_gen = w
+        .log
+        .as_ref()
+        .filter(|l| logged || l.wal.len() > 0)
+        .map(|_| gen_);
     let epoch = shared.epoch.load(Ordering::Acquire);
     let result = db.and_then(|db| {
         let to_log = match (&mut w.log, &record) {

@@ -731,8 +731,15 @@ fn the_write_ahead_log_is_checkpointed_when_idle_and_on_close() {
         assert!(std::time::Instant::now() < deadline, "no idle checkpoint");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Anything else is a durable commit of its own.
-    s.sweep(T0).wait().unwrap();
+    // A sweep with nothing due answers without a commit: an idle node writes nothing.
+    let w = s.writer_stats();
+    assert_eq!(s.sweep(T0).wait().unwrap(), 0);
+    assert_eq!(s.writer_stats().commits, w.commits);
+    // Anything else is a durable commit of its own: here a sweep that finds a message.
+    s.enqueue(msg(mailbox(2), 1, b"short", T0, 1_000))
+        .wait()
+        .unwrap();
+    assert_eq!(s.sweep(T0 + 1_000).wait().unwrap(), 1);
     assert_eq!(s.writer_stats().checkpoints, 2);
     s.enqueue(msg(mailbox(1), 6, b"p", T0, HOUR))
         .wait()
@@ -749,6 +756,34 @@ fn the_write_ahead_log_is_checkpointed_when_idle_and_on_close() {
             .collect::<Vec<_>>(),
         vec![3, 4, 5, 6]
     );
+}
+
+#[test]
+fn a_checkpoint_after_an_empty_log_writes_what_it_would_without_the_log() {
+    // A relay's custody commits and a key publication are checkpoints while the log is
+    // empty; recording the log's generation would add a meta page and its tree to each.
+    let dir = tempfile::tempdir().unwrap();
+    let written = |name: &str, wal: bool| {
+        let s = Store::open(
+            dir.path().join(name),
+            StoreConfig {
+                wal,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let mut deltas = Vec::new();
+        for k in 1..=3u8 {
+            let before = s.writer_stats().bytes_written;
+            let key = HybridPublicKey::from_field(&[k; 1216], "k").unwrap();
+            s.put_hybrid_key(user(k), key).wait().unwrap();
+            deltas.push(s.writer_stats().bytes_written - before);
+        }
+        deltas
+    };
+    let with_log = written("on.redb", true);
+    assert_eq!(with_log, written("off.redb", false));
+    assert!(with_log.iter().all(|&b| b > 0), "{with_log:?}");
 }
 
 #[test]
