@@ -14,10 +14,13 @@
 //! same outcome as when it was answered.
 //!
 //! A record: `body_len u32 LE | crc32 u32 LE (of gen and body) | gen u64 LE | body`. The body is
-//! `op count u32`, then each operation: `1` Enqueue (one message), `2` EnqueueBatch (`count
+//! `op count u32`, then each operation: `4` Enqueue (one message), `5` EnqueueBatch (`count
 //! u32`, messages), `3` Ack (`addr`, `seq_up_to u64`). A message is `addr_len u16 | addr |
 //! record_len u32 | record` with the mailbox address and message record as the tables store
-//! them. Replay stops at the first record that is short, fails its checksum, or does not follow
+//! them. Only enqueues that were answered as stored are written, and replay applies them
+//! without quota checks: an acknowledged message is stored again even if the limits were
+//! lowered before the restart. (`1` and `2`, from before, carried refused enqueues too and are
+//! replayed under the limits of the moment.) Replay stops at the first record that is short, fails its checksum, or does not follow
 //! the previous generation: only the tail after the last fsync can be torn.
 
 use std::fs::{File, OpenOptions};
@@ -33,9 +36,15 @@ use crate::store::NewMessage;
 use crate::writer::WriteOp;
 
 const HEADER: usize = 4 + 4 + 8;
-const OP_ENQUEUE: u8 = 1;
-const OP_ENQUEUE_BATCH: u8 = 2;
+/// An Enqueue, stored or refused, replayed under the quotas of the moment (older logs).
+const OP_ENQUEUE_ANY: u8 = 1;
+/// An EnqueueBatch, stored or refused (older logs).
+const OP_ENQUEUE_BATCH_ANY: u8 = 2;
 const OP_ACK: u8 = 3;
+/// An Enqueue that was answered as stored: replayed without quota checks.
+const OP_ENQUEUE: u8 = 4;
+/// An EnqueueBatch that was answered as stored.
+const OP_ENQUEUE_BATCH: u8 = 5;
 
 /// The log's path: the database's, with `-wal` appended.
 pub(crate) fn path_for(db: &Path) -> PathBuf {
@@ -101,13 +110,15 @@ fn put_addr(out: &mut Vec<u8>, addr: &MailboxAddr) {
     out.extend_from_slice(&addr);
 }
 
-/// Encodes the loggable operations of a batch as one record of generation `gen`.
-pub(crate) fn encode<'a>(gen_: u64, ops: impl Iterator<Item = &'a WriteOp>) -> Vec<u8> {
+/// Encodes the loggable operations of a batch as one record of generation `gen`, each with
+/// whether it was answered with success; a refused enqueue changed nothing and is left out.
+pub(crate) fn encode<'a>(gen_: u64, ops: impl Iterator<Item = (&'a WriteOp, bool)>) -> Vec<u8> {
     let mut out = vec![0u8; HEADER];
     out.extend_from_slice(&[0; 4]);
     let mut count = 0u32;
-    for op in ops {
+    for (op, ok) in ops {
         match op {
+            WriteOp::Enqueue(_) | WriteOp::EnqueueBatch(_) if !ok => continue,
             WriteOp::Enqueue(m) => {
                 out.push(OP_ENQUEUE);
                 put_message(&mut out, m);
@@ -197,14 +208,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_body(body: &[u8]) -> Result<Vec<WriteOp>, StoreError> {
+fn decode_body(body: &[u8]) -> Result<Vec<Logged>, StoreError> {
     let mut r = Reader(body);
     let count = r.u32()?;
     let mut ops = Vec::new();
     for _ in 0..count {
-        ops.push(match r.u8()? {
-            OP_ENQUEUE => WriteOp::Enqueue(r.message()?),
-            OP_ENQUEUE_BATCH => {
+        let tag = r.u8()?;
+        let op = match tag {
+            OP_ENQUEUE | OP_ENQUEUE_ANY => WriteOp::Enqueue(r.message()?),
+            OP_ENQUEUE_BATCH | OP_ENQUEUE_BATCH_ANY => {
                 let n = r.u32()?;
                 let mut ms = Vec::new();
                 for _ in 0..n {
@@ -217,6 +229,10 @@ fn decode_body(body: &[u8]) -> Result<Vec<WriteOp>, StoreError> {
                 seq_up_to: r.u64()?,
             },
             _ => return Err(bad("unknown operation")),
+        };
+        ops.push(Logged {
+            op,
+            stored: matches!(tag, OP_ENQUEUE | OP_ENQUEUE_BATCH),
         });
     }
     if !r.0.is_empty() {
@@ -228,7 +244,14 @@ fn decode_body(body: &[u8]) -> Result<Vec<WriteOp>, StoreError> {
 /// The records of a log after generation `applied`, in order, up to the first torn or stale
 /// one, and the offset just past the last of them (0 if none). A record whose checksum holds
 /// but that does not decode is corruption, not a torn tail.
-pub(crate) type Records = Vec<(u64, Vec<WriteOp>)>;
+pub(crate) type Records = Vec<(u64, Vec<Logged>)>;
+
+/// An operation read back from the log.
+pub(crate) struct Logged {
+    pub(crate) op: WriteOp,
+    /// An enqueue that was answered as stored: replay stores it whatever the quotas are now.
+    pub(crate) stored: bool,
+}
 
 pub(crate) fn parse(data: &[u8], applied: u64) -> Result<(Records, u64), StoreError> {
     let mut out = Vec::new();
@@ -401,8 +424,12 @@ mod tests {
         ]
     }
 
-    fn summary(ops: &[WriteOp]) -> Vec<String> {
-        ops.iter()
+    pub(super) fn stored(ops: &[WriteOp]) -> impl Iterator<Item = (&WriteOp, bool)> {
+        ops.iter().map(|op| (op, true))
+    }
+
+    fn summary<'a>(ops: impl IntoIterator<Item = &'a WriteOp>) -> Vec<String> {
+        ops.into_iter()
             .map(|op| match op {
                 WriteOp::Enqueue(m) => format!("e {m:?}"),
                 WriteOp::EnqueueBatch(ms) => format!("b {ms:?}"),
@@ -414,23 +441,42 @@ mod tests {
 
     #[test]
     fn records_round_trip_in_order() {
-        let mut log = encode(5, ops().iter());
-        log.extend(encode(7, ops()[..1].iter()));
+        let mut log = encode(5, stored(&ops()));
+        log.extend(encode(7, stored(&ops()[..1])));
         let (got, end) = parse(&log, 0).unwrap();
         assert_eq!(end, log.len() as u64);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0, 5);
-        assert_eq!(summary(&got[0].1), summary(&ops()));
+        assert_eq!(summary(got[0].1.iter().map(|l| &l.op)), summary(&ops()));
+        assert!(
+            got[0]
+                .1
+                .iter()
+                .all(|l| l.stored != matches!(l.op, WriteOp::Ack { .. }))
+        );
         assert_eq!(got[1].0, 7);
-        assert_eq!(summary(&got[1].1), summary(&ops()[..1]));
+        assert_eq!(
+            summary(got[1].1.iter().map(|l| &l.op)),
+            summary(&ops()[..1])
+        );
+    }
+
+    #[test]
+    fn refused_enqueues_are_left_out() {
+        let ops = ops();
+        let answered = ops.iter().zip([false, true, true]);
+        let (got, _) = parse(&encode(5, answered), 0).unwrap();
+        assert_eq!(summary(got[0].1.iter().map(|l| &l.op)), summary(&ops[1..]));
+        let none = encode(6, ops[..2].iter().map(|op| (op, false)));
+        assert!(parse(&none, 0).unwrap().0[0].1.is_empty());
     }
 
     #[test]
     fn replay_skips_applied_and_stops_at_a_torn_tail() {
-        let mut log = encode(5, ops().iter());
-        log.extend(encode(6, ops().iter()));
+        let mut log = encode(5, stored(&ops()));
+        log.extend(encode(6, stored(&ops())));
         let whole = log.len();
-        log.extend(encode(7, ops().iter()));
+        log.extend(encode(7, stored(&ops())));
         // Records up to 5 are in the database already.
         assert_eq!(parse(&log, 5).unwrap().0.len(), 2);
         // Every cut inside the last record leaves the first two.
@@ -448,11 +494,11 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 1;
         assert_eq!(parse(&flipped, 0).unwrap().0.len(), 2);
         // A stale record after a newer one (an old log's leftovers) ends it too.
-        let mut stale = encode(9, ops().iter());
-        stale.extend(encode(8, ops().iter()));
+        let mut stale = encode(9, stored(&ops()));
+        stale.extend(encode(8, stored(&ops())));
         assert_eq!(parse(&stale, 0).unwrap().0.len(), 1);
         // Zeros (the preallocated rest of the file) end it.
-        let mut zeros = encode(3, ops().iter());
+        let mut zeros = encode(3, stored(&ops()));
         zeros.extend([0u8; 100]);
         assert_eq!(parse(&zeros, 0).unwrap().0.len(), 1);
         // Records the database already holds are skipped: nothing to replay or keep.
@@ -463,7 +509,7 @@ mod tests {
 
     #[test]
     fn a_record_that_checks_but_does_not_decode_is_corruption() {
-        let mut record = encode(3, ops().iter());
+        let mut record = encode(3, stored(&ops()));
         // An unknown operation tag, with the checksum made to match.
         record[HEADER + 4] = 99;
         let crc = crc32(&[&3u64.to_le_bytes(), &record[HEADER..]]);
@@ -488,6 +534,7 @@ mod replay_tests {
     use crate::{Store, StoreConfig};
     use ferry_proto::types::{ChannelId, DeviceId, IdentityKey, MessageId};
     use redb::{Database, ReadableDatabase};
+    use tests::stored;
 
     fn message(id: u8) -> NewMessage {
         NewMessage {
@@ -536,21 +583,19 @@ mod replay_tests {
         // the message stored before, and an ack of it), then a torn third.
         let mut log = encode(
             g + 1,
-            [
+            stored(&[
                 WriteOp::Enqueue(message(2)),
                 WriteOp::EnqueueBatch(vec![message(3), message(1)]),
-            ]
-            .iter(),
+            ]),
         );
         log.extend(encode(
             g + 2,
-            [WriteOp::Ack {
+            stored(&[WriteOp::Ack {
                 mailbox: message(0).mailbox,
                 seq_up_to: 1,
-            }]
-            .iter(),
+            }]),
         ));
-        let torn = encode(g + 3, [WriteOp::Enqueue(message(4))].iter());
+        let torn = encode(g + 3, stored(&[WriteOp::Enqueue(message(4))]));
         log.extend(&torn[..torn.len() - 3]);
         std::fs::write(path_for(&path), &log).unwrap();
 
@@ -569,17 +614,70 @@ mod replay_tests {
 
         // A record whose checksum holds but whose operation is unknown: corruption.
         let g = applied(&path);
-        let mut bad = encode(g + 1, [WriteOp::Enqueue(message(5))].iter());
+        let mut bad = encode(g + 1, stored(&[WriteOp::Enqueue(message(5))]));
         if let Some(op) = bad.get_mut(HEADER + 4) {
             *op = 77;
         }
-        let crc = crc32(&[&(g + 1).to_le_bytes(), bad.get(HEADER..).unwrap_or(&[])]);
-        bad.splice(4..8, crc.to_le_bytes());
+        reseal(&mut bad, g + 1);
         std::fs::write(path_for(&path), &bad).unwrap();
         let err = Store::open(&path, StoreConfig::default()).unwrap_err();
         assert!(
             matches!(err, StoreError::Corrupt { table: "wal", .. }),
             "{err}"
         );
+    }
+
+    /// A record with its checksum made to match after its bytes were changed.
+    fn reseal(record: &mut [u8], gen_: u64) {
+        let crc = crc32(&[&gen_.to_le_bytes(), record.get(HEADER..).unwrap_or(&[])]);
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn an_acknowledged_enqueue_is_replayed_whatever_the_quotas_are_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        store.enqueue(message(1)).wait().unwrap();
+        store.close();
+        let g = applied(&path);
+        // A crash left two acknowledged enqueues in the log; then the operator lowered the
+        // recipient's quota to one message before the restart.
+        let log = encode(
+            g + 1,
+            stored(&[
+                WriteOp::Enqueue(message(2)),
+                WriteOp::EnqueueBatch(vec![message(3)]),
+            ]),
+        );
+        std::fs::write(path_for(&path), &log).unwrap();
+        let tight = StoreConfig {
+            max_recipient_messages: 1,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&path, tight.clone()).unwrap();
+        assert_eq!(store.writer_stats().replayed_records, 1);
+        assert_eq!(ids(&store), [(1, 1), (2, 2), (3, 3)]);
+        // New messages meet the new limit.
+        assert!(matches!(
+            store.enqueue(message(4)).wait(),
+            Err(StoreError::QuotaExceeded { .. })
+        ));
+        store.close();
+
+        // A log from before this format (tags 1 and 2: refused enqueues written too) is
+        // replayed under the limits of the moment.
+        let g = applied(&path);
+        let mut old = encode(g + 1, stored(&[WriteOp::Enqueue(message(5))]));
+        old[HEADER + 4] = OP_ENQUEUE_ANY;
+        reseal(&mut old, g + 1);
+        std::fs::write(path_for(&path), &old).unwrap();
+        let store = Store::open(&path, tight).unwrap();
+        assert_eq!(store.writer_stats().replayed_records, 1);
+        assert_eq!(ids(&store), [(1, 1), (2, 2), (3, 3)]);
+        store.close();
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.writer_stats().replayed_records, 0);
+        assert_eq!(ids(&store), [(1, 1), (2, 2), (3, 3)]);
     }
 }

@@ -317,15 +317,16 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
     // A batch goes to the log while the log is below `checkpoint_bytes`; a batch of acks
     // only, also beyond that while the log holds records and it fits in the file's space:
     // after a checkpoint failed on a full disk, acknowledging is what frees room for the next.
-    let record =
-        (w.log.is_some() && !batch.is_empty() && batch.iter().all(|j| wal::loggable(&j.op)))
-            .then(|| wal::encode(gen_, batch.iter().map(|j| &j.op)));
-    let logged = match (&record, &w.log) {
-        (Some(r), Some(log)) => {
+    // (The record itself is written once the batch is applied: it leaves refused enqueues out.)
+    let loggable = !batch.is_empty() && batch.iter().all(|j| wal::loggable(&j.op));
+    let logged = match &w.log {
+        Some(log) if loggable => {
             (cfg.wal && log.wal.len() < cfg.checkpoint_bytes)
                 || (log.wal.len() > 0
                     && batch.iter().all(|j| matches!(j.op, WriteOp::Ack { .. }))
-                    && log.wal.fits(r.len()))
+                    && log
+                        .wal
+                        .fits(wal::encode(gen_, batch.iter().map(|j| (&j.op, true))).len()))
         }
         _ => false,
     };
@@ -345,8 +346,8 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
         .map(|_| gen_);
     let epoch = shared.epoch.load(Ordering::Acquire);
     let result = db.and_then(|db| {
-        let to_log = match (&mut w.log, &record) {
-            (Some(log), Some(record)) if logged => Some((&mut log.wal, record.as_slice())),
+        let to_log = match &mut w.log {
+            Some(log) if logged => Some((&mut log.wal, gen_)),
             _ => None,
         };
         let outcomes = apply_all(&db, shared, batch, durability, record_gen, to_log)?;
@@ -426,15 +427,15 @@ type Outcomes = Vec<Result<Outcome, StoreError>>;
 
 /// Applies and commits a batch; the in-memory usage follows only once the commit succeeded.
 /// With `record_gen`, the transaction records that it holds the log up to that generation.
-/// With `log`, the batch's record is written to the log before the commit, and taken back if
-/// the commit fails: a batch is in the log only if it is in the database.
+/// With `log`, the batch's record (of that generation) is written to the log before the commit,
+/// and taken back if the commit fails: a batch is in the log only if it is in the database.
 fn apply_all(
     db: &Database,
     shared: &Shared,
     batch: &[Job],
     durability: Durability,
     record_gen: Option<u64>,
-    log: Option<(&mut Wal, &[u8])>,
+    log: Option<(&mut Wal, u64)>,
 ) -> Result<Outcomes, StoreError> {
     let cfg = &shared.config;
     let mut txn = db.begin_write()?;
@@ -456,9 +457,13 @@ fn apply_all(
     };
     let wal_err = |e| StoreError::from_io(&wal::path_for(&shared.path), e);
     match log {
-        Some((wal, record)) => {
+        Some((wal, gen_)) => {
+            let record = wal::encode(
+                gen_,
+                batch.iter().zip(&outcomes).map(|(j, o)| (&j.op, o.is_ok())),
+            );
             let at = wal.len();
-            wal.append(record).map_err(wal_err)?;
+            wal.append(&record).map_err(wal_err)?;
             if let Err(e) = txn.commit() {
                 if let Err(re) = wal.retract(at) {
                     tracing::warn!(error = %re, "taking a record back from the write-ahead log failed; a replay may store the batch that failed");
@@ -500,14 +505,23 @@ pub(crate) fn replay(
     let Some(&(last, _)) = records.last() else {
         return Ok(());
     };
+    // An enqueue answered as stored is stored again whatever the quotas are now (an operator
+    // may have lowered them before the restart): its sender was told it is safe.
+    let unlimited = StoreConfig {
+        max_total_bytes: u64::MAX,
+        max_recipient_bytes: u64::MAX,
+        max_recipient_messages: u64::MAX,
+        ..cfg.clone()
+    };
     let mut txn = db.begin_write()?;
     txn.set_durability(durability)?;
     let mut ops = 0usize;
     for (_, record) in records {
         let change = {
             let mut t = Tables::open(&txn, usage)?;
-            for op in record {
-                match apply(&mut t, cfg, op) {
+            for logged in record {
+                let cfg = if logged.stored { &unlimited } else { cfg };
+                match apply(&mut t, cfg, &logged.op) {
                     Ok(_) | Err(ApplyError::Refused(_)) => {}
                     Err(ApplyError::Fatal(e)) => return Err(e),
                 }
