@@ -17,10 +17,11 @@
 //! `op count u32`, then each operation: `4` Enqueue (one message), `5` EnqueueBatch (`count
 //! u32`, messages), `3` Ack (`addr`, `seq_up_to u64`). A message is `addr_len u16 | addr |
 //! record_len u32 | record` with the mailbox address and message record as the tables store
-//! them. Only enqueues that were answered as stored are written, and replay applies them
-//! without quota checks: an acknowledged message is stored again even if the limits were
-//! lowered before the restart. (`1` and `2`, from before, carried refused enqueues too and are
-//! replayed under the limits of the moment.) Replay stops at the first record that is short, fails its checksum, or does not follow
+//! them. An enqueue answered as stored is written as `4` or `5`, one that was refused as `1` or
+//! `2` (what every enqueue was before the distinction). Replay applies every operation as it
+//! was first applied, under the limits of the moment; an enqueue marked stored that those
+//! limits refuse (an operator lowered them before the restart) is applied again without quota
+//! checks, so that an acknowledged message is never dropped. Replay stops at the first record that is short, fails its checksum, or does not follow
 //! the previous generation: only the tail after the last fsync can be torn.
 
 use std::fs::{File, OpenOptions};
@@ -36,12 +37,12 @@ use crate::store::NewMessage;
 use crate::writer::WriteOp;
 
 const HEADER: usize = 4 + 4 + 8;
-/// An Enqueue, stored or refused, replayed under the quotas of the moment (older logs).
-const OP_ENQUEUE_ANY: u8 = 1;
-/// An EnqueueBatch, stored or refused (older logs).
-const OP_ENQUEUE_BATCH_ANY: u8 = 2;
+/// An Enqueue that was refused (or, in logs from before the distinction, either).
+const OP_ENQUEUE_REFUSED: u8 = 1;
+/// An EnqueueBatch that was refused (or either, in older logs).
+const OP_ENQUEUE_BATCH_REFUSED: u8 = 2;
 const OP_ACK: u8 = 3;
-/// An Enqueue that was answered as stored: replayed without quota checks.
+/// An Enqueue that was answered as stored.
 const OP_ENQUEUE: u8 = 4;
 /// An EnqueueBatch that was answered as stored.
 const OP_ENQUEUE_BATCH: u8 = 5;
@@ -111,20 +112,25 @@ fn put_addr(out: &mut Vec<u8>, addr: &MailboxAddr) {
 }
 
 /// Encodes the loggable operations of a batch as one record of generation `gen`, each with
-/// whether it was answered with success; a refused enqueue changed nothing and is left out.
+/// whether it was answered with success. A refused enqueue is written too: replay applies it
+/// again for what it did on the way (sweeping, forgetting dedup records to make room), so that
+/// the operations after it meet the state they met.
 pub(crate) fn encode<'a>(gen_: u64, ops: impl Iterator<Item = (&'a WriteOp, bool)>) -> Vec<u8> {
     let mut out = vec![0u8; HEADER];
     out.extend_from_slice(&[0; 4]);
     let mut count = 0u32;
     for (op, ok) in ops {
         match op {
-            WriteOp::Enqueue(_) | WriteOp::EnqueueBatch(_) if !ok => continue,
             WriteOp::Enqueue(m) => {
-                out.push(OP_ENQUEUE);
+                out.push(if ok { OP_ENQUEUE } else { OP_ENQUEUE_REFUSED });
                 put_message(&mut out, m);
             }
             WriteOp::EnqueueBatch(ms) => {
-                out.push(OP_ENQUEUE_BATCH);
+                out.push(if ok {
+                    OP_ENQUEUE_BATCH
+                } else {
+                    OP_ENQUEUE_BATCH_REFUSED
+                });
                 out.extend_from_slice(&u32::try_from(ms.len()).unwrap_or(0).to_le_bytes());
                 for m in ms {
                     put_message(&mut out, m);
@@ -215,8 +221,8 @@ fn decode_body(body: &[u8]) -> Result<Vec<Logged>, StoreError> {
     for _ in 0..count {
         let tag = r.u8()?;
         let op = match tag {
-            OP_ENQUEUE | OP_ENQUEUE_ANY => WriteOp::Enqueue(r.message()?),
-            OP_ENQUEUE_BATCH | OP_ENQUEUE_BATCH_ANY => {
+            OP_ENQUEUE | OP_ENQUEUE_REFUSED => WriteOp::Enqueue(r.message()?),
+            OP_ENQUEUE_BATCH | OP_ENQUEUE_BATCH_REFUSED => {
                 let n = r.u32()?;
                 let mut ms = Vec::new();
                 for _ in 0..n {
@@ -462,13 +468,13 @@ mod tests {
     }
 
     #[test]
-    fn refused_enqueues_are_left_out() {
+    fn refused_enqueues_are_written_and_marked() {
         let ops = ops();
         let answered = ops.iter().zip([false, true, true]);
         let (got, _) = parse(&encode(5, answered), 0).unwrap();
-        assert_eq!(summary(got[0].1.iter().map(|l| &l.op)), summary(&ops[1..]));
-        let none = encode(6, ops[..2].iter().map(|op| (op, false)));
-        assert!(parse(&none, 0).unwrap().0[0].1.is_empty());
+        assert_eq!(summary(got[0].1.iter().map(|l| &l.op)), summary(&ops));
+        let stored: Vec<_> = got[0].1.iter().map(|l| l.stored).collect();
+        assert_eq!(stored, [false, true, false]);
     }
 
     #[test]
@@ -571,14 +577,20 @@ mod replay_tests {
             .collect()
     }
 
-    #[test]
-    fn a_log_written_before_a_crash_is_replayed_once() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store holding message 1, closed cleanly: its path and the generation it holds.
+    fn one_message_stored(dir: &tempfile::TempDir) -> (PathBuf, u64) {
         let path = dir.path().join("r.redb");
         let store = Store::open(&path, StoreConfig::default()).unwrap();
         store.enqueue(message(1)).wait().unwrap();
         store.close();
         let g = applied(&path);
+        (path, g)
+    }
+
+    #[test]
+    fn a_log_written_before_a_crash_is_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, g) = one_message_stored(&dir);
         // What a crash leaves: two records the database does not hold (the second a retry of
         // the message stored before, and an ack of it), then a torn third.
         let mut log = encode(
@@ -636,11 +648,7 @@ mod replay_tests {
     #[test]
     fn an_acknowledged_enqueue_is_replayed_whatever_the_quotas_are_now() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.redb");
-        let store = Store::open(&path, StoreConfig::default()).unwrap();
-        store.enqueue(message(1)).wait().unwrap();
-        store.close();
-        let g = applied(&path);
+        let (path, g) = one_message_stored(&dir);
         // A crash left two acknowledged enqueues in the log; then the operator lowered the
         // recipient's quota to one message before the restart.
         let log = encode(
@@ -665,11 +673,11 @@ mod replay_tests {
         ));
         store.close();
 
-        // A log from before this format (tags 1 and 2: refused enqueues written too) is
-        // replayed under the limits of the moment.
+        // An enqueue that was refused, or one from a log before the distinction (tags 1 and
+        // 2), is replayed under the limits of the moment.
         let g = applied(&path);
         let mut old = encode(g + 1, stored(&[WriteOp::Enqueue(message(5))]));
-        old[HEADER + 4] = OP_ENQUEUE_ANY;
+        old[HEADER + 4] = OP_ENQUEUE_REFUSED;
         reseal(&mut old, g + 1);
         std::fs::write(path_for(&path), &old).unwrap();
         let store = Store::open(&path, tight).unwrap();

@@ -317,7 +317,7 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
     // A batch goes to the log while the log is below `checkpoint_bytes`; a batch of acks
     // only, also beyond that while the log holds records and it fits in the file's space:
     // after a checkpoint failed on a full disk, acknowledging is what frees room for the next.
-    // (The record itself is written once the batch is applied: it leaves refused enqueues out.)
+    // (The record itself is written once the batch is applied: it marks the refused enqueues.)
     let loggable = !batch.is_empty() && batch.iter().all(|j| wal::loggable(&j.op));
     let logged = match &w.log {
         Some(log) if loggable => {
@@ -505,8 +505,9 @@ pub(crate) fn replay(
     let Some(&(last, _)) = records.last() else {
         return Ok(());
     };
-    // An enqueue answered as stored is stored again whatever the quotas are now (an operator
-    // may have lowered them before the restart): its sender was told it is safe.
+    // Every operation is applied as it first was, under the limits of the moment. An enqueue
+    // answered as stored that they refuse (an operator lowered them before the restart) is
+    // applied again without quota checks: its sender was told it is safe.
     let unlimited = StoreConfig {
         max_total_bytes: u64::MAX,
         max_recipient_bytes: u64::MAX,
@@ -520,8 +521,13 @@ pub(crate) fn replay(
         let change = {
             let mut t = Tables::open(&txn, usage)?;
             for logged in record {
-                let cfg = if logged.stored { &unlimited } else { cfg };
-                match apply(&mut t, cfg, &logged.op) {
+                let outcome = match apply(&mut t, cfg, &logged.op) {
+                    Err(ApplyError::Refused(_)) if logged.stored => {
+                        apply(&mut t, &unlimited, &logged.op)
+                    }
+                    outcome => outcome,
+                };
+                match outcome {
                     Ok(_) | Err(ApplyError::Refused(_)) => {}
                     Err(ApplyError::Fatal(e)) => return Err(e),
                 }
