@@ -56,6 +56,16 @@ pub(crate) const CUSTODY_BY_RECIPIENT: TableDefinition<'_, ([u8; 32], [u8; 16]),
 /// (expires_at_ms, digest) -> (): custody by expiry.
 pub(crate) const CUSTODY_EXPIRY: TableDefinition<'_, (u64, [u8; 16]), ()> =
     TableDefinition::new("custody_expiry");
+
+/// The `EXPIRY` keys due at `now_ms`: what a sweep then removes.
+pub(crate) fn expiry_due(now_ms: u64) -> std::ops::RangeToInclusive<(u64, u64, u64)> {
+    ..=(now_ms, u64::MAX, u64::MAX)
+}
+
+/// The `CUSTODY_EXPIRY` keys due at `now_ms`.
+pub(crate) fn custody_due(now_ms: u64) -> std::ops::RangeToInclusive<(u64, [u8; 16])> {
+    ..=(now_ms, [0xff; 16])
+}
 /// user -> timestamp_ms (8 bytes BE) || the user's presence claim as the mesh encodes it.
 pub(crate) const PRESENCE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("presence");
 

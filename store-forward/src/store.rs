@@ -491,15 +491,11 @@ impl Store {
     fn anything_due(&self, now_ms: u64) -> Result<bool, StoreError> {
         let rtx = self.read()?;
         let expiry = rtx.open_table(EXPIRY)?;
-        if expiry
-            .range(..=(now_ms, u64::MAX, u64::MAX))?
-            .next()
-            .is_some()
-        {
+        if expiry.range(schema::expiry_due(now_ms))?.next().is_some() {
             return Ok(true);
         }
         let custody = rtx.open_table(CUSTODY_EXPIRY)?;
-        Ok(custody.range(..=(now_ms, [0xff; 16]))?.next().is_some())
+        Ok(custody.range(schema::custody_due(now_ms))?.next().is_some())
     }
 
     /// Puts a bundle into custody, or with `deliver_local` straight into its mailbox here.

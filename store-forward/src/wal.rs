@@ -21,8 +21,9 @@
 //! `2` (what every enqueue was before the distinction). Replay applies every operation as it
 //! was first applied, under the limits of the moment; an enqueue marked stored that those
 //! limits refuse (an operator lowered them before the restart) is applied again without quota
-//! checks, so that an acknowledged message is never dropped. Replay stops at the first record that is short, fails its checksum, or does not follow
-//! the previous generation: only the tail after the last fsync can be torn.
+//! checks, so that an acknowledged message is never dropped. Replay stops at the first record
+//! that is short, fails its checksum, or does not follow the previous generation: only the tail
+//! after the last fsync can be torn.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -255,7 +256,8 @@ pub(crate) type Records = Vec<(u64, Vec<Logged>)>;
 /// An operation read back from the log.
 pub(crate) struct Logged {
     pub(crate) op: WriteOp,
-    /// An enqueue that was answered as stored: replay stores it whatever the quotas are now.
+    /// An enqueue that was answered as stored: if the quotas of the moment refuse it, replay
+    /// applies it again without them.
     pub(crate) stored: bool,
 }
 
@@ -434,6 +436,12 @@ mod tests {
         ops.iter().map(|op| (op, true))
     }
 
+    /// A record with its checksum made to match after its bytes were changed.
+    pub(super) fn reseal(record: &mut [u8], gen_: u64) {
+        let crc = crc32(&[&gen_.to_le_bytes(), record.get(HEADER..).unwrap_or(&[])]);
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
     fn summary<'a>(ops: impl IntoIterator<Item = &'a WriteOp>) -> Vec<String> {
         ops.into_iter()
             .map(|op| match op {
@@ -518,8 +526,7 @@ mod tests {
         let mut record = encode(3, stored(&ops()));
         // An unknown operation tag, with the checksum made to match.
         record[HEADER + 4] = 99;
-        let crc = crc32(&[&3u64.to_le_bytes(), &record[HEADER..]]);
-        record[4..8].copy_from_slice(&crc.to_le_bytes());
+        reseal(&mut record, 3);
         assert!(matches!(
             parse(&record, 0),
             Err(StoreError::Corrupt { table: "wal", .. })
@@ -540,7 +547,7 @@ mod replay_tests {
     use crate::{Store, StoreConfig};
     use ferry_proto::types::{ChannelId, DeviceId, IdentityKey, MessageId};
     use redb::{Database, ReadableDatabase};
-    use tests::stored;
+    use tests::{reseal, stored};
 
     fn message(id: u8) -> NewMessage {
         NewMessage {
@@ -637,12 +644,6 @@ mod replay_tests {
             matches!(err, StoreError::Corrupt { table: "wal", .. }),
             "{err}"
         );
-    }
-
-    /// A record with its checksum made to match after its bytes were changed.
-    fn reseal(record: &mut [u8], gen_: u64) {
-        let crc = crc32(&[&gen_.to_le_bytes(), record.get(HEADER..).unwrap_or(&[])]);
-        record[4..8].copy_from_slice(&crc.to_le_bytes());
     }
 
     #[test]

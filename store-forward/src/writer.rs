@@ -882,7 +882,7 @@ impl<'t> Tables<'t> {
     /// Expires up to `limit` entries due at or before `now_ms`; returns messages removed.
     fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<u64, StoreError> {
         let mut due = Vec::new();
-        for item in self.expiry.range(..=(now_ms, u64::MAX, u64::MAX))? {
+        for item in self.expiry.range(schema::expiry_due(now_ms))? {
             if due.len() >= limit {
                 break;
             }
@@ -896,7 +896,7 @@ impl<'t> Tables<'t> {
             }
         }
         let mut due_custody = Vec::new();
-        for item in self.custody_expiry.range(..=(now_ms, [0xff; 16]))? {
+        for item in self.custody_expiry.range(schema::custody_due(now_ms))? {
             if due_custody.len() >= limit {
                 break;
             }
