@@ -37,24 +37,24 @@ pub(crate) const MAILBOX_ADDRS: TableDefinition<'_, u64, &[u8]> =
     TableDefinition::new("mailbox_addrs");
 pub(crate) const MESSAGES: TableDefinition<'_, (u64, u64), &[u8]> =
     TableDefinition::new("messages");
-pub(crate) const DEDUP: TableDefinition<'_, ([u8; MESSAGE_ID_LEN], u64), (u64, u64)> =
+pub(crate) const DEDUP: TableDefinition<'_, (&[u8; MESSAGE_ID_LEN], u64), (u64, u64)> =
     TableDefinition::new("dedup");
-pub(crate) const EXPIRY: TableDefinition<'_, (u64, u64, u64), [u8; MESSAGE_ID_LEN]> =
+pub(crate) const EXPIRY: TableDefinition<'_, (u64, u64, u64), &[u8; MESSAGE_ID_LEN]> =
     TableDefinition::new("expiry");
 /// Schema 1 only: (messages, bytes) per recipient. Dropped by the migration to version 2.
-pub(crate) const V1_RECIPIENTS: TableDefinition<'_, [u8; 32], (u64, u64)> =
+pub(crate) const V1_RECIPIENTS: TableDefinition<'_, &[u8; 32], (u64, u64)> =
     TableDefinition::new("recipients");
-pub(crate) const HYBRID_KEYS: TableDefinition<'_, [u8; 32], &[u8]> =
+pub(crate) const HYBRID_KEYS: TableDefinition<'_, &[u8; 32], &[u8]> =
     TableDefinition::new("hybrid_keys");
-pub(crate) const FINGERPRINTS: TableDefinition<'_, [u8; 32], [u8; 32]> =
+pub(crate) const FINGERPRINTS: TableDefinition<'_, &[u8; 32], &[u8; 32]> =
     TableDefinition::new("fingerprints");
 /// Bundles in custody (mesh transit): digest -> custody record.
-pub(crate) const CUSTODY: TableDefinition<'_, [u8; 16], &[u8]> = TableDefinition::new("custody");
+pub(crate) const CUSTODY: TableDefinition<'_, &[u8; 16], &[u8]> = TableDefinition::new("custody");
 /// (recipient, digest) -> (): custody by recipient.
-pub(crate) const CUSTODY_BY_RECIPIENT: TableDefinition<'_, ([u8; 32], [u8; 16]), ()> =
+pub(crate) const CUSTODY_BY_RECIPIENT: TableDefinition<'_, (&[u8; 32], &[u8; 16]), ()> =
     TableDefinition::new("custody_by_recipient");
 /// (expires_at_ms, digest) -> (): custody by expiry.
-pub(crate) const CUSTODY_EXPIRY: TableDefinition<'_, (u64, [u8; 16]), ()> =
+pub(crate) const CUSTODY_EXPIRY: TableDefinition<'_, (u64, &[u8; 16]), ()> =
     TableDefinition::new("custody_expiry");
 
 /// The `EXPIRY` keys due at `now_ms`: what a sweep then removes.
@@ -63,11 +63,11 @@ pub(crate) fn expiry_due(now_ms: u64) -> std::ops::RangeToInclusive<(u64, u64, u
 }
 
 /// The `CUSTODY_EXPIRY` keys due at `now_ms`.
-pub(crate) fn custody_due(now_ms: u64) -> std::ops::RangeToInclusive<(u64, [u8; 16])> {
-    ..=(now_ms, [0xff; 16])
+pub(crate) fn custody_due(now_ms: u64) -> std::ops::RangeToInclusive<(u64, &'static [u8; 16])> {
+    ..=(now_ms, &[0xff; 16])
 }
 /// user -> timestamp_ms (8 bytes BE) || the user's presence claim as the mesh encodes it.
-pub(crate) const PRESENCE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("presence");
+pub(crate) const PRESENCE: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("presence");
 
 pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_NEXT_MAILBOX: &str = "next_mailbox_id";

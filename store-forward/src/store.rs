@@ -743,7 +743,7 @@ impl Store {
             HybridKeyLookup::Fingerprint(fp) => {
                 let fps = rtx.open_table(FINGERPRINTS)?;
                 match fps.get(fp.as_bytes())? {
-                    Some(v) => IdentityKey::from_array(v.value()),
+                    Some(v) => IdentityKey::from_array(*v.value()),
                     None => return Ok(None),
                 }
             }
@@ -824,8 +824,8 @@ impl Store {
     pub fn custody_waiting(&self, recipient: &IdentityKey) -> Result<bool, StoreError> {
         let rtx = self.read()?;
         let t = rtx.open_table(CUSTODY_BY_RECIPIENT)?;
-        let from = (*recipient.as_bytes(), [0u8; 16]);
-        let to = (*recipient.as_bytes(), [0xffu8; 16]);
+        let from = (recipient.as_bytes(), &[0u8; 16]);
+        let to = (recipient.as_bytes(), &[0xffu8; 16]);
         let mut range = t.range(from..=to)?;
         Ok(range.next().transpose()?.is_some())
     }

@@ -673,14 +673,14 @@ pub(crate) struct Tables<'t> {
     mailboxes: Table<'t, &'static [u8], (u64, u64)>,
     addrs: Table<'t, u64, &'static [u8]>,
     messages: Table<'t, (u64, u64), &'static [u8]>,
-    dedup: Table<'t, ([u8; 16], u64), (u64, u64)>,
-    expiry: Table<'t, (u64, u64, u64), [u8; 16]>,
-    hybrid: Table<'t, [u8; 32], &'static [u8]>,
-    fingerprints: Table<'t, [u8; 32], [u8; 32]>,
-    custody: Table<'t, [u8; 16], &'static [u8]>,
-    custody_by_recipient: Table<'t, ([u8; 32], [u8; 16]), ()>,
-    custody_expiry: Table<'t, (u64, [u8; 16]), ()>,
-    presence: Table<'t, [u8; 32], &'static [u8]>,
+    dedup: Table<'t, (&'static [u8; 16], u64), (u64, u64)>,
+    expiry: Table<'t, (u64, u64, u64), &'static [u8; 16]>,
+    hybrid: Table<'t, &'static [u8; 32], &'static [u8]>,
+    fingerprints: Table<'t, &'static [u8; 32], &'static [u8; 32]>,
+    custody: Table<'t, &'static [u8; 16], &'static [u8]>,
+    custody_by_recipient: Table<'t, (&'static [u8; 32], &'static [u8; 16]), ()>,
+    custody_expiry: Table<'t, (u64, &'static [u8; 16]), ()>,
+    presence: Table<'t, &'static [u8; 32], &'static [u8]>,
     swept_this_txn: bool,
 }
 
@@ -846,10 +846,10 @@ impl<'t> Tables<'t> {
         }
         let dedup_matches = self
             .dedup
-            .get((message_id, mailbox_id))?
+            .get((&message_id, mailbox_id))?
             .is_some_and(|v| v.value().0 == seq);
         if dedup_matches {
-            self.dedup.remove((message_id, mailbox_id))?;
+            self.dedup.remove((&message_id, mailbox_id))?;
         }
         Ok(())
     }
@@ -887,7 +887,7 @@ impl<'t> Tables<'t> {
                 break;
             }
             let (k, v) = item?;
-            due.push((k.value(), v.value()));
+            due.push((k.value(), *v.value()));
         }
         let mut removed = 0;
         for ((exp, mb, seq), id) in due {
@@ -901,7 +901,7 @@ impl<'t> Tables<'t> {
                 break;
             }
             let (k, _) = item?;
-            due_custody.push(k.value().1);
+            due_custody.push(*k.value().1);
         }
         for d in due_custody {
             if self.custody_remove(&BundleDigest::from_array(d))?.is_some() {
@@ -959,7 +959,7 @@ impl<'t> Tables<'t> {
             if self.messages.get((mailbox_id, seq))?.is_some() {
                 continue;
             }
-            victims.push((exp, mailbox_id, seq, v.value()));
+            victims.push((exp, mailbox_id, seq, *v.value()));
             if victims.len() as u64 >= count {
                 break;
             }
@@ -1016,7 +1016,7 @@ impl<'t> Tables<'t> {
         m: &NewMessage,
         mailbox_id: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let key = (*m.message_id.as_bytes(), mailbox_id);
+        let key = (m.message_id.as_bytes(), mailbox_id);
         let Some((seq, exp)) = self.dedup.get(key)?.map(|v| v.value()) else {
             return Ok(None);
         };
@@ -1110,10 +1110,10 @@ impl<'t> Tables<'t> {
         self.set_mailbox(addr, (id, seq));
         self.messages.insert((id, seq), record.as_slice())?;
         self.dedup
-            .insert((*m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
+            .insert((m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
         if self
             .expiry
-            .insert((m.expires_at_ms, id, seq), *m.message_id.as_bytes())?
+            .insert((m.expires_at_ms, id, seq), m.message_id.as_bytes())?
             .is_none()
         {
             self.meta.totals.expiry_entries += 1;
@@ -1131,10 +1131,10 @@ impl<'t> Tables<'t> {
 
     fn custody_insert(&mut self, r: &BundleRecord) -> Result<(), StoreError> {
         let d = *r.digest().as_bytes();
-        self.custody.insert(d, custody::encode(r).as_slice())?;
+        self.custody.insert(&d, custody::encode(r).as_slice())?;
         self.custody_by_recipient
-            .insert((*r.mailbox.recipient.as_bytes(), d), ())?;
-        self.custody_expiry.insert((r.expires_at_ms, d), ())?;
+            .insert((r.mailbox.recipient.as_bytes(), &d), ())?;
+        self.custody_expiry.insert((r.expires_at_ms, &d), ())?;
         self.meta.totals.custody_count += 1;
         self.meta.totals.custody_bytes += cost(r.payload.len());
         Ok(())
@@ -1147,9 +1147,9 @@ impl<'t> Tables<'t> {
         let r = custody::decode(raw.value())?;
         drop(raw);
         self.custody_by_recipient
-            .remove((*r.mailbox.recipient.as_bytes(), *d.as_bytes()))?;
+            .remove((r.mailbox.recipient.as_bytes(), d.as_bytes()))?;
         self.custody_expiry
-            .remove((r.expires_at_ms, *d.as_bytes()))?;
+            .remove((r.expires_at_ms, d.as_bytes()))?;
         self.meta.totals.custody_count = self.meta.totals.custody_count.saturating_sub(1);
         self.meta.totals.custody_bytes = self
             .meta
@@ -1160,14 +1160,14 @@ impl<'t> Tables<'t> {
     }
 
     fn custody_of(&self, recipient: &IdentityKey) -> Result<Vec<BundleDigest>, StoreError> {
-        let r = *recipient.as_bytes();
+        let r = recipient.as_bytes();
         let mut out = Vec::new();
         for item in self
             .custody_by_recipient
-            .range((r, [0u8; 16])..=(r, [0xffu8; 16]))?
+            .range((r, &[0u8; 16])..=(r, &[0xffu8; 16]))?
         {
             let (k, _) = item?;
-            out.push(BundleDigest::from_array(k.value().1));
+            out.push(BundleDigest::from_array(*k.value().1));
         }
         Ok(out)
     }
@@ -1180,7 +1180,7 @@ impl<'t> Tables<'t> {
         };
         Ok(self
             .dedup
-            .get((*r.message_id.as_bytes(), id))?
+            .get((r.message_id.as_bytes(), id))?
             .is_some_and(|v| v.value().1 > now_ms))
     }
 
@@ -1303,7 +1303,7 @@ impl<'t> Tables<'t> {
                 ));
             }
             for (seq, message_id, sender, expires_at_ms, payload) in taken {
-                let key = (*message_id.as_bytes(), id);
+                let key = (message_id.as_bytes(), id);
                 if self.dedup.get(key)?.is_some_and(|v| v.value().0 == seq) {
                     self.dedup.remove(key)?;
                 }
