@@ -31,6 +31,10 @@ pub struct StoreConfig {
     pub checkpoint_bytes: u64,
     /// A log with anything in it is checkpointed after the writer was idle this long.
     pub checkpoint_idle: Duration,
+    /// While messages are flowing (an enqueue was committed in the last 5 ms), a batch of
+    /// acknowledgements only waits at most this long for one more operation to share its
+    /// commit and fsync with. Zero: never wait.
+    pub ack_linger: Duration,
 }
 
 impl Default for StoreConfig {
@@ -47,6 +51,7 @@ impl Default for StoreConfig {
             wal: true,
             checkpoint_bytes: 1024 * 1024,
             checkpoint_idle: Duration::from_secs(30),
+            ack_linger: Duration::from_micros(250),
         }
     }
 }

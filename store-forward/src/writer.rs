@@ -230,6 +230,32 @@ pub(crate) fn start(
         .map_err(|e| StoreError::from_io(&path, e))
 }
 
+/// How recent an enqueue makes a batch of acknowledgements only wait up to
+/// [`StoreConfig::ack_linger`] for one more operation, so that it shares that batch's commit
+/// and fsync instead of taking its own. One-to-one, a consumer's ack and its producer's next
+/// batch reach the writer within tens of microseconds of each other; the ack then costs the
+/// next batch no commit to wait behind, and the disk no fsync of its own. A consumer draining
+/// a backlog with no producer never waits.
+const FLOWING: Duration = Duration::from_millis(5);
+
+/// Takes what is queued into `batch`, within the batch limits; returns its payload bytes.
+fn fill(rx: &Receiver<Job>, cfg: &StoreConfig, batch: &mut Vec<Job>, mut bytes: usize) -> usize {
+    while batch.len() < cfg.max_batch_ops && bytes < cfg.max_batch_bytes {
+        match rx.try_recv() {
+            Ok(job) => {
+                bytes += job.op.payload_bytes();
+                batch.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    bytes
+}
+
+fn is_enqueue(op: &WriteOp) -> bool {
+    matches!(op, WriteOp::Enqueue(_) | WriteOp::EnqueueBatch(_))
+}
+
 fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>) {
     let cfg = &shared.config;
     let mut w = Writer {
@@ -241,6 +267,7 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>
     // Doubles (to a minute, or checkpoint_idle if longer) while idle checkpoints fail, on a
     // full disk say.
     let mut idle_wait = cfg.checkpoint_idle;
+    let mut last_enqueue: Option<Instant> = None;
     while !stopping {
         let logged_bytes = w.log.as_ref().map_or(0, |l| l.wal.len());
         let first = if logged_bytes > 0 {
@@ -264,16 +291,20 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>
             let Ok(first) = rx.recv() else { break };
             first
         };
-        let mut bytes = first.op.payload_bytes();
+        let bytes = first.op.payload_bytes();
         batch.push(first);
-        while batch.len() < cfg.max_batch_ops && bytes < cfg.max_batch_bytes {
-            match rx.try_recv() {
-                Ok(job) => {
-                    bytes += job.op.payload_bytes();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
+        let bytes = fill(rx, cfg, &mut batch, bytes);
+        if !cfg.ack_linger.is_zero()
+            && last_enqueue.is_some_and(|t| t.elapsed() < FLOWING)
+            && batch.iter().all(|j| matches!(j.op, WriteOp::Ack { .. }))
+            && let Ok(job) = rx.recv_timeout(cfg.ack_linger)
+        {
+            let bytes = bytes + job.op.payload_bytes();
+            batch.push(job);
+            fill(rx, cfg, &mut batch, bytes);
+        }
+        if batch.iter().any(|j| is_enqueue(&j.op)) {
+            last_enqueue = Some(Instant::now());
         }
         shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         // Everything queued before a shutdown is still committed; nothing after it is taken.

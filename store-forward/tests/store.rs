@@ -700,6 +700,47 @@ fn a_full_writer_queue_refuses_with_busy_and_loses_nothing() {
         .unwrap();
 }
 
+/// While messages flow, an acknowledgement alone waits for the next operation and shares its
+/// commit (and fsync); once they stop, it is committed at once.
+#[test]
+fn an_ack_while_messages_flow_shares_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        ack_linger: Duration::from_secs(5),
+        ..StoreConfig::default()
+    };
+    let s = Store::open(dir.path().join("a.redb"), cfg).unwrap();
+    for i in 1..=3u64 {
+        s.enqueue(msg(mailbox(1), i, b"p", T0, HOUR))
+            .wait()
+            .unwrap();
+    }
+    let before = s.writer_stats();
+    let ack = s.ack(mailbox(1), 2);
+    std::thread::sleep(Duration::from_millis(50));
+    let next = s.enqueue(msg(mailbox(2), 1, b"q", T0, HOUR));
+    assert_eq!(ack.wait().unwrap(), 2);
+    next.wait().unwrap();
+    let w = s.writer_stats();
+    assert_eq!(
+        w.commits - before.commits,
+        1,
+        "the ack and the enqueue after it share one commit: {w:?}"
+    );
+    // Nothing enqueued for longer than a moment: an ack alone does not wait.
+    std::thread::sleep(Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    assert_eq!(s.ack(mailbox(1), 3).wait().unwrap(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "an ack with no producer waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.writer_stats().commits, w.commits + 1);
+    assert_eq!(all(&s, &mailbox(1), T0), vec![]);
+    assert_eq!(s.depth().unwrap(), 1);
+}
+
 #[test]
 fn the_write_ahead_log_is_checkpointed_when_idle_and_on_close() {
     let dir = tempfile::tempdir().unwrap();
