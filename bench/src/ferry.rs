@@ -12,6 +12,8 @@ use ferry_client::loadgen::{self, Sender};
 use ferry_client::{Client, ConnectOptions, Identity, Trust};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::MailboxAddr;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 
 use crate::stats::{Outcome, Recorder};
@@ -72,12 +74,15 @@ async fn produce(
     random_ids: bool,
     rec: Arc<Recorder>,
 ) -> anyhow::Result<()> {
-    let window = Arc::new(Semaphore::new(in_flight));
-    let mut set = tokio::task::JoinSet::new();
+    // Like the NATS driver: the window is polled in this task (no task per message), so the
+    // load generator spends on its own bookkeeping what it spends for the other systems.
+    let mut pending = FuturesUnordered::new();
     for n in ids {
-        let permit = Arc::clone(&window).acquire_owned().await?;
-        let c = c.clone();
-        let rec = Arc::clone(&rec);
+        while pending.len() >= in_flight {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
         let req = pb::EnqueueRequest {
             recipient_key: recipient.clone(),
             payload: loadgen::stamp(n, size),
@@ -91,21 +96,17 @@ async fn produce(
             sealed_sender: false,
             device_id: vec![],
         };
-        set.spawn(async move {
+        let c = c.clone();
+        let rec = Arc::clone(&rec);
+        pending.push(async move {
             let t = Instant::now();
-            let r = c.enqueue(req).await;
-            if r.is_ok() {
-                rec.acked(t.elapsed());
-            }
-            drop(permit);
-            r.map(|_| ())
+            c.enqueue(req).await?;
+            rec.acked(t.elapsed());
+            Ok::<_, anyhow::Error>(())
         });
-        while let Some(done) = set.try_join_next() {
-            done??;
-        }
     }
-    while let Some(done) = set.join_next().await {
-        done??;
+    while let Some(r) = pending.next().await {
+        r?;
     }
     Ok(())
 }
