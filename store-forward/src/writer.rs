@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use ferry_proto::types::{BundleDigest, HybridPublicKey, IdentityKey, MailboxAddr};
 use portable_atomic::Ordering;
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction,
+    Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, Value, WriteTransaction,
 };
 
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
@@ -595,9 +596,9 @@ fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome,
         WriteOp::EnqueueBatch(ms) => Ok(Outcome::Batch(t.enqueue_all(cfg, ms)?)),
         WriteOp::Ack { mailbox, seq_up_to } => Ok(Outcome::Acked(t.ack(mailbox, *seq_up_to)?)),
         WriteOp::PutHybridKey { identity, key } => {
-            t.hybrid
+            t.hybrid()?
                 .insert(identity.as_bytes(), key.as_bytes().as_slice())?;
-            t.fingerprints
+            t.fingerprints()?
                 .insert(identity.fingerprint().as_bytes(), identity.as_bytes())?;
             Ok(Outcome::Done)
         }
@@ -642,7 +643,7 @@ fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome,
             hybrid,
         } => {
             let newer = t
-                .presence
+                .presence()?
                 .get(user.as_bytes())?
                 .map(|v| {
                     v.value()
@@ -655,10 +656,10 @@ fn apply(t: &mut Tables<'_>, cfg: &StoreConfig, op: &WriteOp) -> Result<Outcome,
                 let mut v = Vec::with_capacity(8 + claim.len());
                 v.extend_from_slice(&timestamp_ms.to_be_bytes());
                 v.extend_from_slice(claim);
-                t.presence.insert(user.as_bytes(), v.as_slice())?;
-                t.hybrid
+                t.presence()?.insert(user.as_bytes(), v.as_slice())?;
+                t.hybrid()?
                     .insert(user.as_bytes(), hybrid.as_bytes().as_slice())?;
-                t.fingerprints
+                t.fingerprints()?
                     .insert(user.fingerprint().as_bytes(), user.as_bytes())?;
             }
             Ok(Outcome::Count(u64::from(newer)))
@@ -688,6 +689,21 @@ struct Cached<T> {
     dirty: bool,
 }
 
+/// `custody_by_recipient` in a write transaction.
+type ByRecipient<'t> = Table<'t, (&'static [u8; 32], &'static [u8; 16]), ()>;
+
+/// The table in `slot`, opened in `txn` the first time it is asked for.
+fn on_first_use<'s, 't, K: Key + 'static, V: Value + 'static>(
+    txn: &'t WriteTransaction,
+    slot: &'s mut Option<Table<'t, K, V>>,
+    def: TableDefinition<'static, K, V>,
+) -> Result<&'s mut Table<'t, K, V>, StoreError> {
+    Ok(match slot {
+        Some(t) => t,
+        None => slot.insert(txn.open_table(def)?),
+    })
+}
+
 pub(crate) struct Tables<'t> {
     meta_table: Table<'t, &'static str, u64>,
     meta: Meta,
@@ -706,12 +722,16 @@ pub(crate) struct Tables<'t> {
     messages: Table<'t, (u64, u64), &'static [u8]>,
     dedup: Table<'t, (&'static [u8; 16], u64), (u64, u64)>,
     expiry: Table<'t, (u64, u64, u64), &'static [u8; 16]>,
-    hybrid: Table<'t, &'static [u8; 32], &'static [u8]>,
-    fingerprints: Table<'t, &'static [u8; 32], &'static [u8; 32]>,
-    custody: Table<'t, &'static [u8; 16], &'static [u8]>,
-    custody_by_recipient: Table<'t, (&'static [u8; 32], &'static [u8; 16]), ()>,
-    custody_expiry: Table<'t, (u64, &'static [u8; 16]), ()>,
-    presence: Table<'t, &'static [u8; 32], &'static [u8]>,
+    /// Tables that enqueues and acks never touch are opened on first use: redb checks each
+    /// table's types when it is opened and looks its root up again at commit, which for six
+    /// unused tables was about a tenth of a commit of 64 messages.
+    txn: &'t WriteTransaction,
+    hybrid: Option<Table<'t, &'static [u8; 32], &'static [u8]>>,
+    fingerprints: Option<Table<'t, &'static [u8; 32], &'static [u8; 32]>>,
+    custody: Option<Table<'t, &'static [u8; 16], &'static [u8]>>,
+    custody_by_recipient: Option<ByRecipient<'t>>,
+    custody_expiry: Option<Table<'t, (u64, &'static [u8; 16]), ()>>,
+    presence: Option<Table<'t, &'static [u8; 32], &'static [u8]>>,
     swept_this_txn: bool,
 }
 
@@ -739,18 +759,51 @@ impl<'t> Tables<'t> {
             messages: txn.open_table(MESSAGES)?,
             dedup: txn.open_table(DEDUP)?,
             expiry: txn.open_table(EXPIRY)?,
-            hybrid: txn.open_table(HYBRID_KEYS)?,
-            fingerprints: txn.open_table(FINGERPRINTS)?,
-            custody: txn.open_table(CUSTODY)?,
-            custody_by_recipient: txn.open_table(CUSTODY_BY_RECIPIENT)?,
-            custody_expiry: txn.open_table(CUSTODY_EXPIRY)?,
-            presence: txn.open_table(PRESENCE)?,
+            txn,
+            hybrid: None,
+            fingerprints: None,
+            custody: None,
+            custody_by_recipient: None,
+            custody_expiry: None,
+            presence: None,
             swept_this_txn: false,
             mailbox_rows: HashMap::new(),
             usage_rows: HashMap::new(),
             committed_usage: usage,
             recipient_of: HashMap::new(),
         })
+    }
+
+    fn hybrid(&mut self) -> Result<&mut Table<'t, &'static [u8; 32], &'static [u8]>, StoreError> {
+        on_first_use(self.txn, &mut self.hybrid, HYBRID_KEYS)
+    }
+
+    fn fingerprints(
+        &mut self,
+    ) -> Result<&mut Table<'t, &'static [u8; 32], &'static [u8; 32]>, StoreError> {
+        on_first_use(self.txn, &mut self.fingerprints, FINGERPRINTS)
+    }
+
+    fn custody(&mut self) -> Result<&mut Table<'t, &'static [u8; 16], &'static [u8]>, StoreError> {
+        on_first_use(self.txn, &mut self.custody, CUSTODY)
+    }
+
+    fn custody_by_recipient(&mut self) -> Result<&mut ByRecipient<'t>, StoreError> {
+        on_first_use(
+            self.txn,
+            &mut self.custody_by_recipient,
+            CUSTODY_BY_RECIPIENT,
+        )
+    }
+
+    fn custody_expiry(
+        &mut self,
+    ) -> Result<&mut Table<'t, (u64, &'static [u8; 16]), ()>, StoreError> {
+        on_first_use(self.txn, &mut self.custody_expiry, CUSTODY_EXPIRY)
+    }
+
+    fn presence(&mut self) -> Result<&mut Table<'t, &'static [u8; 32], &'static [u8]>, StoreError> {
+        on_first_use(self.txn, &mut self.presence, PRESENCE)
     }
 
     /// Writes the rows cached during the transaction; returns the usage it leaves, for
@@ -927,7 +980,7 @@ impl<'t> Tables<'t> {
             }
         }
         let mut due_custody = Vec::new();
-        for item in self.custody_expiry.range(schema::custody_due(now_ms))? {
+        for item in self.custody_expiry()?.range(schema::custody_due(now_ms))? {
             if due_custody.len() >= limit {
                 break;
             }
@@ -1162,24 +1215,24 @@ impl<'t> Tables<'t> {
 
     fn custody_insert(&mut self, r: &BundleRecord) -> Result<(), StoreError> {
         let d = *r.digest().as_bytes();
-        self.custody.insert(&d, custody::encode(r).as_slice())?;
-        self.custody_by_recipient
+        self.custody()?.insert(&d, custody::encode(r).as_slice())?;
+        self.custody_by_recipient()?
             .insert((r.mailbox.recipient.as_bytes(), &d), ())?;
-        self.custody_expiry.insert((r.expires_at_ms, &d), ())?;
+        self.custody_expiry()?.insert((r.expires_at_ms, &d), ())?;
         self.meta.totals.custody_count += 1;
         self.meta.totals.custody_bytes += cost(r.payload.len());
         Ok(())
     }
 
     fn custody_remove(&mut self, d: &BundleDigest) -> Result<Option<BundleRecord>, StoreError> {
-        let Some(raw) = self.custody.remove(d.as_bytes())? else {
+        let Some(raw) = self.custody()?.remove(d.as_bytes())? else {
             return Ok(None);
         };
         let r = custody::decode(raw.value())?;
         drop(raw);
-        self.custody_by_recipient
+        self.custody_by_recipient()?
             .remove((r.mailbox.recipient.as_bytes(), d.as_bytes()))?;
-        self.custody_expiry
+        self.custody_expiry()?
             .remove((r.expires_at_ms, d.as_bytes()))?;
         self.meta.totals.custody_count = self.meta.totals.custody_count.saturating_sub(1);
         self.meta.totals.custody_bytes = self
@@ -1190,11 +1243,11 @@ impl<'t> Tables<'t> {
         Ok(Some(r))
     }
 
-    fn custody_of(&self, recipient: &IdentityKey) -> Result<Vec<BundleDigest>, StoreError> {
+    fn custody_of(&mut self, recipient: &IdentityKey) -> Result<Vec<BundleDigest>, StoreError> {
         let r = recipient.as_bytes();
         let mut out = Vec::new();
         for item in self
-            .custody_by_recipient
+            .custody_by_recipient()?
             .range((r, &[0u8; 16])..=(r, &[0xffu8; 16]))?
         {
             let (k, _) = item?;
@@ -1243,7 +1296,9 @@ impl<'t> Tables<'t> {
                 Err(e) => Err(e),
             };
         }
-        if self.custody.get(r.digest().as_bytes())?.is_some() || self.delivered_here(r, now_ms)? {
+        if self.custody()?.get(r.digest().as_bytes())?.is_some()
+            || self.delivered_here(r, now_ms)?
+        {
             return Ok(CustodyOutcome::Duplicate);
         }
         let c = cost(r.payload.len());
@@ -1353,7 +1408,7 @@ impl<'t> Tables<'t> {
                     from: None,
                     payload,
                 };
-                if self.custody.get(r.digest().as_bytes())?.is_none() {
+                if self.custody()?.get(r.digest().as_bytes())?.is_none() {
                     self.custody_insert(&r)?;
                     out.push(r.summary());
                 }
