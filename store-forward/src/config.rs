@@ -31,9 +31,9 @@ pub struct StoreConfig {
     pub checkpoint_bytes: u64,
     /// A log with anything in it is checkpointed after the writer was idle this long.
     pub checkpoint_idle: Duration,
-    /// While messages are flowing (an enqueue was committed in the last 5 ms), a batch of
-    /// acknowledgements only waits at most this long for one more operation to share its
-    /// commit and fsync with. Zero: never wait.
+    /// While messages are flowing (an enqueue was taken into a batch in the last 5 ms), a
+    /// batch of acknowledgements only waits at most this long for one more operation to share
+    /// its commit and fsync with. Zero: never wait.
     pub ack_linger: Duration,
 }
 

@@ -62,6 +62,13 @@ pub(crate) fn expiry_due(now_ms: u64) -> std::ops::RangeToInclusive<(u64, u64, u
     ..=(now_ms, u64::MAX, u64::MAX)
 }
 
+/// The `CUSTODY_BY_RECIPIENT` keys of `recipient`'s bundles.
+pub(crate) fn custody_of_recipient(
+    recipient: &[u8; 32],
+) -> std::ops::RangeInclusive<(&[u8; 32], &'static [u8; 16])> {
+    (recipient, &[0; 16])..=(recipient, &[0xff; 16])
+}
+
 /// The `CUSTODY_EXPIRY` keys due at `now_ms`.
 pub(crate) fn custody_due(now_ms: u64) -> std::ops::RangeToInclusive<(u64, &'static [u8; 16])> {
     ..=(now_ms, &[0xff; 16])

@@ -824,9 +824,7 @@ impl Store {
     pub fn custody_waiting(&self, recipient: &IdentityKey) -> Result<bool, StoreError> {
         let rtx = self.read()?;
         let t = rtx.open_table(CUSTODY_BY_RECIPIENT)?;
-        let from = (recipient.as_bytes(), &[0u8; 16]);
-        let to = (recipient.as_bytes(), &[0xffu8; 16]);
-        let mut range = t.range(from..=to)?;
+        let mut range = t.range(schema::custody_of_recipient(recipient.as_bytes()))?;
         Ok(range.next().transpose()?.is_some())
     }
 

@@ -231,12 +231,12 @@ pub(crate) fn start(
         .map_err(|e| StoreError::from_io(&path, e))
 }
 
-/// How recent an enqueue makes a batch of acknowledgements only wait up to
-/// [`StoreConfig::ack_linger`] for one more operation, so that it shares that batch's commit
-/// and fsync instead of taking its own. One-to-one, a consumer's ack and its producer's next
-/// batch reach the writer within tens of microseconds of each other; the ack then costs the
-/// next batch no commit to wait behind, and the disk no fsync of its own. A consumer draining
-/// a backlog with no producer never waits.
+/// Messages are flowing while an enqueue was taken into a batch this recently; only then does
+/// a batch of acknowledgements alone wait up to [`StoreConfig::ack_linger`] for one more
+/// operation, to share its commit and fsync. One-to-one, a consumer's ack and its producer's
+/// next batch reach the writer within tens of microseconds of each other, and the ack would
+/// otherwise cost that batch a commit to wait behind and the disk an fsync of its own. A
+/// consumer draining a backlog with no producer never waits.
 const FLOWING: Duration = Duration::from_millis(5);
 
 /// Takes what is queued into `batch`, within the batch limits; returns its payload bytes.
@@ -1244,11 +1244,10 @@ impl<'t> Tables<'t> {
     }
 
     fn custody_of(&mut self, recipient: &IdentityKey) -> Result<Vec<BundleDigest>, StoreError> {
-        let r = recipient.as_bytes();
         let mut out = Vec::new();
         for item in self
             .custody_by_recipient()?
-            .range((r, &[0u8; 16])..=(r, &[0xffu8; 16]))?
+            .range(schema::custody_of_recipient(recipient.as_bytes()))?
         {
             let (k, _) = item?;
             out.push(BundleDigest::from_array(*k.value().1));
