@@ -17,9 +17,9 @@ use redb::{
 use crate::backend::{CountingBackend, IoCounters};
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport};
 use crate::schema::{
-    self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, EXPIRY, FINGERPRINTS, HYBRID_KEYS,
-    MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN, META_EXPIRED, META_SCHEMA, PRESENCE,
-    SCHEMA_VERSION, V1_META_COUNTERS, V1_RECIPIENTS,
+    self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, EXPIRY, ExpiryRun, FINGERPRINTS,
+    HYBRID_KEYS, MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN, META_EXPIRED, META_SCHEMA,
+    PRESENCE, SCHEMA_VERSION, V1_META_COUNTERS, V1_RECIPIENTS, V2_EXPIRY,
 };
 use crate::usage::Usage;
 use crate::wal;
@@ -259,16 +259,19 @@ pub(crate) fn open_database(
                 });
             }
             Some(SCHEMA_VERSION) => {}
-            Some(1) => {
-                // Version 1 counted what is stored in rows that every commit rewrote; version
-                // 2 counts it in memory when the file opens.
-                txn.delete_table(V1_RECIPIENTS)?;
-                let mut meta = txn.open_table(META)?;
-                for key in V1_META_COUNTERS {
-                    meta.remove(key)?;
+            Some(v @ (1 | 2)) => {
+                if v == 1 {
+                    // Version 1 counted what is stored in rows that every commit rewrote;
+                    // version 2 counts it in memory when the file opens.
+                    txn.delete_table(V1_RECIPIENTS)?;
+                    let mut meta = txn.open_table(META)?;
+                    for key in V1_META_COUNTERS {
+                        meta.remove(key)?;
+                    }
                 }
-                meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
-                tracing::info!(path = %path.display(), "database migrated from schema 1 to 2");
+                let runs = expiry_into_runs(&txn)?;
+                txn.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                tracing::info!(path = %path.display(), runs, "database migrated from schema {v} to {SCHEMA_VERSION}");
             }
             Some(_) => {
                 return Err(StoreError::Corrupt {
@@ -295,6 +298,42 @@ pub(crate) fn open_database(
     }
     txn.commit()?;
     Ok(db)
+}
+
+/// Schema 2 to 3: the per-message `expiry` table becomes `expiry_runs` (consecutive messages
+/// of one mailbox expiring at the same millisecond make one run); returns the runs written.
+fn expiry_into_runs(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut runs = txn.open_table(EXPIRY)?;
+    let mut written = 0u64;
+    {
+        let old = txn.open_table(V2_EXPIRY)?;
+        let mut run: Option<ExpiryRun> = None;
+        for item in old.iter()? {
+            let (k, id) = item?;
+            let (exp, mailbox_id, seq) = k.value();
+            match run.as_mut() {
+                Some(r) if r.continued_by(exp, mailbox_id, seq) => r.ids.push(*id.value()),
+                _ => {
+                    if let Some(done) = run.take() {
+                        runs.insert(done.key(), done.encode_ids().as_slice())?;
+                        written += 1;
+                    }
+                    run = Some(ExpiryRun {
+                        expires_at_ms: exp,
+                        mailbox_id,
+                        first_seq: seq,
+                        ids: vec![*id.value()],
+                    });
+                }
+            }
+        }
+        if let Some(done) = run {
+            runs.insert(done.key(), done.encode_ids().as_slice())?;
+            written += 1;
+        }
+    }
+    txn.delete_table(V2_EXPIRY)?;
+    Ok(written)
 }
 
 /// Opens the database file, counts what it holds, and replays the write-ahead log into it:

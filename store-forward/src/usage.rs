@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use ferry_proto::types::IdentityKey;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::StoreError;
 use crate::custody;
@@ -27,7 +27,7 @@ pub(crate) struct Totals {
     pub(crate) custody_count: u64,
     /// Their accounted bytes.
     pub(crate) custody_bytes: u64,
-    /// Entries in the `expiry` index: one per stored message, and one per message no longer
+    /// Messages in the expiry index's runs: every stored message, and every message no longer
     /// stored (acknowledged, or evicted into custody) whose dedup entry is kept until its TTL.
     pub(crate) expiry_entries: u64,
 }
@@ -122,7 +122,10 @@ impl Usage {
             usage.totals.custody_count += 1;
             usage.totals.custody_bytes += schema::cost(payload_len);
         }
-        usage.totals.expiry_entries = rtx.open_table(EXPIRY)?.len()?;
+        for item in rtx.open_table(EXPIRY)?.iter()? {
+            let (_, ids) = item?;
+            usage.totals.expiry_entries += schema::ExpiryRun::len_of(ids.value());
+        }
         if unreadable > 0 {
             tracing::warn!(
                 records = unreadable,

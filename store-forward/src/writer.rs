@@ -22,6 +22,7 @@ use redb::{
 };
 
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
+use crate::schema::ExpiryRun;
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, DEDUP_RECORD_COST, EXPIRY,
     FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN,
@@ -689,6 +690,10 @@ struct Cached<T> {
     dirty: bool,
 }
 
+/// Mailboxes with a run of their own open in one transaction at most; past that, the open
+/// runs are written out (a batch to this many recipients gains nothing from runs anyway).
+const MAX_OPEN_RUNS: usize = 64;
+
 /// `custody_by_recipient` in a write transaction.
 type ByRecipient<'t> = Table<'t, (&'static [u8; 32], &'static [u8; 16]), ()>;
 
@@ -721,7 +726,12 @@ pub(crate) struct Tables<'t> {
     addrs: Table<'t, u64, &'static [u8]>,
     messages: Table<'t, (u64, u64), &'static [u8]>,
     dedup: Table<'t, (&'static [u8; 16], u64), (u64, u64)>,
-    expiry: Table<'t, (u64, u64, u64), &'static [u8; 16]>,
+    /// Runs of messages, see [`ExpiryRun`]. Read only through [`Tables::expiry`], which first
+    /// writes out `runs`.
+    expiry: Table<'t, (u64, u64, u64), &'static [u8]>,
+    /// The runs of the messages stored in this transaction, at most one per mailbox, not yet
+    /// in `expiry`: a message that continues one is added to it in memory.
+    runs: Vec<ExpiryRun>,
     /// Tables that enqueues and acks never touch are opened on first use: redb checks each
     /// table's types when it is opened and looks its root up again at commit, which for six
     /// unused tables was about a tenth of a commit of 64 messages.
@@ -759,6 +769,7 @@ impl<'t> Tables<'t> {
             messages: txn.open_table(MESSAGES)?,
             dedup: txn.open_table(DEDUP)?,
             expiry: txn.open_table(EXPIRY)?,
+            runs: Vec::new(),
             txn,
             hybrid: None,
             fingerprints: None,
@@ -809,6 +820,7 @@ impl<'t> Tables<'t> {
     /// Writes the rows cached during the transaction; returns the usage it leaves, for
     /// [`Usage::apply`] once it has committed.
     fn flush(&mut self) -> Result<UsageChange, StoreError> {
+        self.write_runs()?;
         for (addr, row) in self.mailbox_rows.drain() {
             if row.dirty {
                 self.mailboxes.insert(addr.as_slice(), row.value)?;
@@ -916,37 +928,118 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Removes an expiry entry and the dedup entry it stands for (unless that id was stored
-    /// again since, under a newer seq).
-    fn remove_dedup_record(
+    /// Notes in the expiry index that message `seq` of `mailbox_id` with `id` expires at
+    /// `expires_at_ms`: it continues that mailbox's run in this transaction or starts one.
+    fn note_expiry(
         &mut self,
-        expires_at: u64,
+        expires_at_ms: u64,
         mailbox_id: u64,
         seq: u64,
-        message_id: [u8; 16],
+        id: [u8; 16],
     ) -> Result<(), StoreError> {
-        if self.expiry.remove((expires_at, mailbox_id, seq))?.is_some() {
-            self.meta.totals.expiry_entries = self.meta.totals.expiry_entries.saturating_sub(1);
+        self.meta.totals.expiry_entries += 1;
+        let open = self.runs.iter().position(|r| r.mailbox_id == mailbox_id);
+        if let Some(i) = open {
+            if let Some(run) = self
+                .runs
+                .get_mut(i)
+                .filter(|r| r.continued_by(expires_at_ms, mailbox_id, seq))
+            {
+                run.ids.push(id);
+                return Ok(());
+            }
+            let done = self.runs.swap_remove(i);
+            self.expiry
+                .insert(done.key(), done.encode_ids().as_slice())?;
+        } else if self.runs.len() >= MAX_OPEN_RUNS {
+            self.write_runs()?;
         }
-        let dedup_matches = self
-            .dedup
-            .get((&message_id, mailbox_id))?
-            .is_some_and(|v| v.value().0 == seq);
-        if dedup_matches {
-            self.dedup.remove((&message_id, mailbox_id))?;
+        self.runs.push(ExpiryRun {
+            expires_at_ms,
+            mailbox_id,
+            first_seq: seq,
+            ids: vec![id],
+        });
+        Ok(())
+    }
+
+    /// Writes the runs of this transaction into the expiry index.
+    fn write_runs(&mut self) -> Result<(), StoreError> {
+        for run in self.runs.drain(..) {
+            self.expiry.insert(run.key(), run.encode_ids().as_slice())?;
         }
         Ok(())
     }
 
-    /// Removes an expiry entry, its dedup entry, and its message if still stored.
-    fn expire_entry(
+    /// Replaces the stored run `run` by what is left of it without the messages `drop` picks;
+    /// returns how many it dropped.
+    fn shrink_run(
+        &mut self,
+        run: &ExpiryRun,
+        drop: impl FnMut(u64) -> bool,
+    ) -> Result<u64, StoreError> {
+        let pieces = run.without(drop);
+        let left: usize = pieces.iter().map(|p| p.ids.len()).sum();
+        let dropped = (run.ids.len() - left) as u64;
+        if dropped == 0 {
+            return Ok(0);
+        }
+        self.expiry.remove(run.key())?;
+        for p in pieces {
+            self.expiry.insert(p.key(), p.encode_ids().as_slice())?;
+        }
+        self.meta.totals.expiry_entries = self.meta.totals.expiry_entries.saturating_sub(dropped);
+        Ok(dropped)
+    }
+
+    /// Removes message `seq` of `mailbox_id` from its run in the expiry index, if it is there.
+    fn remove_from_runs(
         &mut self,
         expires_at: u64,
         mailbox_id: u64,
         seq: u64,
-        message_id: [u8; 16],
+    ) -> Result<(), StoreError> {
+        self.write_runs()?;
+        let found = self
+            .expiry
+            .range((expires_at, mailbox_id, 0)..=(expires_at, mailbox_id, seq))?
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| ExpiryRun::decode(k.value(), v.value()))
+            .transpose()?;
+        if let Some(run) = found {
+            self.shrink_run(&run, |s| s == seq)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the dedup entry of `message_id` in `mailbox_id` if it still stands for `seq`
+    /// (the id may have been stored again since, under a newer seq).
+    fn remove_dedup(
+        &mut self,
+        mailbox_id: u64,
+        seq: u64,
+        message_id: &[u8; 16],
+    ) -> Result<(), StoreError> {
+        let dedup_matches = self
+            .dedup
+            .get((message_id, mailbox_id))?
+            .is_some_and(|v| v.value().0 == seq);
+        if dedup_matches {
+            self.dedup.remove((message_id, mailbox_id))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the dedup entry of an expired message and the message itself if still stored,
+    /// but not its expiry entry; returns whether the message was stored.
+    fn expire_message(
+        &mut self,
+        mailbox_id: u64,
+        seq: u64,
+        message_id: &[u8; 16],
     ) -> Result<bool, StoreError> {
-        self.remove_dedup_record(expires_at, mailbox_id, seq, message_id)?;
+        self.remove_dedup(mailbox_id, seq, message_id)?;
         let removed = self
             .messages
             .remove((mailbox_id, seq))?
@@ -963,21 +1056,43 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// Removes an expiry entry, its dedup entry, and its message if still stored.
+    fn expire_entry(
+        &mut self,
+        expires_at: u64,
+        mailbox_id: u64,
+        seq: u64,
+        message_id: [u8; 16],
+    ) -> Result<bool, StoreError> {
+        self.remove_from_runs(expires_at, mailbox_id, seq)?;
+        self.expire_message(mailbox_id, seq, &message_id)
+    }
+
     /// Expires up to `limit` entries due at or before `now_ms`; returns messages removed.
     fn sweep(&mut self, now_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        self.write_runs()?;
+        // Whole runs, and of the last one only as many messages as `limit` leaves.
         let mut due = Vec::new();
+        let mut taken = 0usize;
         for item in self.expiry.range(schema::expiry_due(now_ms))? {
-            if due.len() >= limit {
+            if taken >= limit {
                 break;
             }
             let (k, v) = item?;
-            due.push((k.value(), *v.value()));
+            let run = ExpiryRun::decode(k.value(), v.value())?;
+            let n = run.ids.len().min(limit - taken);
+            taken += n;
+            due.push((run, n));
         }
         let mut removed = 0;
-        for ((exp, mb, seq), id) in due {
-            if self.expire_entry(exp, mb, seq, id)? {
-                removed += 1;
+        for (run, n) in due {
+            for (seq, id) in run.entries().take(n) {
+                if self.expire_message(run.mailbox_id, seq, &id)? {
+                    removed += 1;
+                }
             }
+            let end = run.first_seq.saturating_add(n as u64);
+            self.shrink_run(&run, |s| s < end)?;
         }
         let mut due_custody = Vec::new();
         for item in self.custody_expiry()?.range(schema::custody_due(now_ms))? {
@@ -1036,21 +1151,40 @@ impl<'t> Tables<'t> {
         let limit = usize::try_from(count)
             .unwrap_or(usize::MAX)
             .saturating_add(skip_limit);
-        let mut victims = Vec::new();
-        for item in self.expiry.iter()?.take(limit) {
+        self.write_runs()?;
+        // Each run looked at, with the seqs of its messages to forget.
+        let mut victims: Vec<(ExpiryRun, Vec<u64>)> = Vec::new();
+        let (mut seen, mut picked) = (0usize, 0u64);
+        'runs: for item in self.expiry.iter()? {
             let (k, v) = item?;
-            let (exp, mailbox_id, seq) = k.value();
-            if self.messages.get((mailbox_id, seq))?.is_some() {
-                continue;
+            let run = ExpiryRun::decode(k.value(), v.value())?;
+            let mut seqs = Vec::new();
+            for (seq, _) in run.entries() {
+                if seen >= limit || picked >= count {
+                    break;
+                }
+                seen += 1;
+                if self.messages.get((run.mailbox_id, seq))?.is_some() {
+                    continue;
+                }
+                seqs.push(seq);
+                picked += 1;
             }
-            victims.push((exp, mailbox_id, seq, *v.value()));
-            if victims.len() as u64 >= count {
-                break;
+            if !seqs.is_empty() {
+                victims.push((run, seqs));
+            }
+            if seen >= limit || picked >= count {
+                break 'runs;
             }
         }
-        for (exp, mailbox_id, seq, id) in victims {
-            self.remove_dedup_record(exp, mailbox_id, seq, id)?;
-            self.meta.dedup_forgotten += 1;
+        for (run, seqs) in victims {
+            // `seqs` is ascending.
+            let picked = |s: &u64| seqs.binary_search(s).is_ok();
+            for (seq, id) in run.entries().filter(|(s, _)| picked(s)) {
+                self.remove_dedup(run.mailbox_id, seq, &id)?;
+            }
+            let dropped = self.shrink_run(&run, |s| picked(&s))?;
+            self.meta.dedup_forgotten += dropped;
             self.meta.dirty = true;
         }
         Ok(())
@@ -1195,13 +1329,7 @@ impl<'t> Tables<'t> {
         self.messages.insert((id, seq), record.as_slice())?;
         self.dedup
             .insert((m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
-        if self
-            .expiry
-            .insert((m.expires_at_ms, id, seq), m.message_id.as_bytes())?
-            .is_none()
-        {
-            self.meta.totals.expiry_entries += 1;
-        }
+        self.note_expiry(m.expires_at_ms, id, seq, *m.message_id.as_bytes())?;
         let c = cost(m.payload.len());
         let (n, b) = self.usage(&m.mailbox.recipient)?;
         self.set_usage(m.mailbox.recipient, (n + 1, b + c));

@@ -27,6 +27,14 @@ enum Op {
         len: usize,
         ttl: u64,
     },
+    /// `n` messages with ids `id..id + n` to one mailbox in one batch: one expiry run.
+    Run {
+        mb: u8,
+        id: u64,
+        n: u64,
+        len: usize,
+        ttl: u64,
+    },
     Ack {
         mb: u8,
         up_to: u64,
@@ -47,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0u8..3, 0u64..8, 1usize..200, 1u64..5).prop_map(|(mb, id, len, ttl)| Op::Enqueue { mb, id, len, ttl: ttl * 1000 }),
         1 => (proptest::collection::vec(0u8..3, 1..4), 0u64..8, 1usize..200, 1u64..5).prop_map(|(mbs, id, len, ttl)| Op::Batch { mbs, id, len, ttl: ttl * 1000 }),
+        2 => (0u8..3, 0u64..8, 2u64..5, 1usize..100, 1u64..5).prop_map(|(mb, id, n, len, ttl)| Op::Run { mb, id, n, len, ttl: ttl * 1000 }),
         2 => (0u8..3, 0u64..12).prop_map(|(mb, up_to)| Op::Ack { mb, up_to }),
         3 => (0u8..3, 0u64..12, 1u32..6).prop_map(|(mb, after, limit)| Op::Fetch { mb, after, limit }),
         2 => (0u64..3000).prop_map(|ms| Op::Advance { ms }),
@@ -293,6 +302,36 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(scope, w)
                     }
                     (g, w) => prop_assert!(false, "batch: store {:?} model {:?}", g, w),
+                }
+            }
+            Op::Run {
+                mb,
+                id,
+                n,
+                len,
+                ttl,
+            } => {
+                let items: Vec<_> = (id..id + n)
+                    .map(|i| (mb, i, payload(i, len), m.now + ttl))
+                    .collect();
+                let got = store
+                    .enqueue_batch(
+                        items
+                            .iter()
+                            .map(|(mb, i, p, _)| msg(mailbox(*mb), *i, p, m.now, ttl))
+                            .collect(),
+                    )
+                    .wait();
+                let want = m.enqueue_all(&items);
+                match (got, want) {
+                    (Ok(e), Ok(v)) => prop_assert_eq!(
+                        e.iter().map(|e| (e.seq, e.duplicate)).collect::<Vec<_>>(),
+                        v
+                    ),
+                    (Err(StoreError::QuotaExceeded { scope, .. }), Err(w)) => {
+                        prop_assert_eq!(scope, w)
+                    }
+                    (g, w) => prop_assert!(false, "run: store {:?} model {:?}", g, w),
                 }
             }
             Op::Ack { mb, up_to } => {

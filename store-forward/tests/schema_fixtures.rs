@@ -12,7 +12,7 @@ use ferry_store::{BundleRecord, QuotaScope, Store, StoreConfig, StoreError};
 use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition, TableHandle};
 
 /// The schema version this build writes.
-const CURRENT: u32 = 2;
+const CURRENT: u32 = 3;
 const CURRENT_U64: u64 = CURRENT as u64;
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// The messages table, read only for its length.
@@ -27,7 +27,7 @@ fn fixture(version: u32) -> PathBuf {
 
 /// What every fixture holds: mailbox(1) with messages 3..=5 (1 and 2 acknowledged), one
 /// message on a channel of user 2's laptop, a hybrid key of user 1; from schema 2 on also a
-/// bundle in custody.
+/// bundle in custody. Messages 1..=5 went in one by one, so in schema 3 they are five runs.
 fn write_current(path: &Path) {
     let _ = std::fs::remove_file(path);
     let s = Store::open(path, StoreConfig::default()).unwrap();
@@ -151,7 +151,10 @@ fn schema_v1_fixture_opens_reads_and_migrates() {
     let db = redb::Database::open(&copy).unwrap();
     let rtx = db.begin_read().unwrap();
     let meta = rtx.open_table(META).unwrap();
-    assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 2);
+    assert_eq!(
+        meta.get("schema_version").unwrap().unwrap().value(),
+        CURRENT_U64
+    );
     for key in [
         "stored_messages",
         "stored_bytes",
@@ -166,22 +169,67 @@ fn schema_v1_fixture_opens_reads_and_migrates() {
         .map(|t| t.name().to_string())
         .collect();
     assert!(tables.iter().all(|t| t != "recipients"), "{tables:?}");
+    assert_expiry_in_runs(&rtx);
+}
+
+/// The file holds schema 3's `expiry_runs` and no longer schema 2's per-message `expiry`.
+fn assert_expiry_in_runs(rtx: &redb::ReadTransaction) {
+    let tables: Vec<String> = rtx
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_string())
+        .collect();
+    assert!(tables.iter().all(|t| t != "expiry"), "{tables:?}");
+    assert!(tables.iter().any(|t| t == "expiry_runs"), "{tables:?}");
+}
+
+/// Schema 2's expiry entries, converted into runs, still expire what they stood for: the
+/// messages, and the dedup records of the acknowledged ones.
+#[test]
+fn migrated_expiry_entries_still_expire() {
+    for version in [1, 2] {
+        let (_dir, copy, s) = open_copy(version, StoreConfig::default());
+        let st = s.stats().unwrap();
+        assert_eq!((st.messages, st.dedup_records), (4, 2), "v{version}");
+        // From schema 2 on, the bundle in custody expires too.
+        let expired = if version == 1 { 4 } else { 5 };
+        assert_eq!(
+            s.sweep(T0 + 1001 * 24 * HOUR).wait().unwrap(),
+            expired,
+            "v{version}"
+        );
+        let st = s.stats().unwrap();
+        assert_eq!((st.messages, st.dedup_records), (0, 0), "v{version}");
+        // Message 1's dedup record is gone with its expiry entry: the id is new again.
+        assert!(
+            !s.enqueue(msg(mailbox(1), 1, b"x", T0 + 1001 * 24 * HOUR, HOUR))
+                .wait()
+                .unwrap()
+                .duplicate,
+            "v{version}"
+        );
+        s.close();
+        let db = redb::Database::open(&copy).unwrap();
+        assert_expiry_in_runs(&db.begin_read().unwrap());
+    }
 }
 
 #[test]
-fn schema_v2_fixture_opens_and_reads() {
-    let (_dir, _copy, s) = open_copy(2, StoreConfig::default());
-    let st = s.stats().unwrap();
-    assert_eq!(st.custody_bundles, 1);
-    assert_eq!(st.custody_bytes, cost(b"in transit"));
-    assert_eq!(s.custody_get(&bundle().digest()).unwrap(), Some(bundle()));
-    check_reads_and_writes(&s);
+fn schema_v2_and_v3_fixtures_open_and_read() {
+    for version in [2, CURRENT] {
+        let (_dir, _copy, s) = open_copy(version, StoreConfig::default());
+        let st = s.stats().unwrap();
+        assert_eq!(st.custody_bundles, 1);
+        assert_eq!(st.custody_bytes, cost(b"in transit"));
+        assert_eq!(s.custody_get(&bundle().digest()).unwrap(), Some(bundle()));
+        check_reads_and_writes(&s);
+    }
 }
 
 /// The per-recipient counts that quotas use are rebuilt from the file, migrated or not.
 #[test]
 fn recipient_quotas_hold_across_open() {
-    for version in [1, CURRENT] {
+    for version in [1, 2, CURRENT] {
         let config = StoreConfig {
             max_recipient_messages: 3,
             ..StoreConfig::default()

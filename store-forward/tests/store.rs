@@ -169,6 +169,82 @@ fn ack_deletes_up_to_and_is_idempotent() {
     assert_eq!((st.messages, st.bytes), (0, 0));
 }
 
+/// The expiry index's runs in the file at `path`: (mailbox id, first seq, messages).
+fn expiry_runs(path: &std::path::Path) -> Vec<(u64, u64, usize)> {
+    use redb::{ReadableDatabase, ReadableTable};
+    const RUNS: redb::TableDefinition<'_, (u64, u64, u64), &[u8]> =
+        redb::TableDefinition::new("expiry_runs");
+    let db = redb::Database::open(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let table = rtx.open_table(RUNS).unwrap();
+    table
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            let (_, mb, first) = k.value();
+            (mb, first, v.value().len() / 16)
+        })
+        .collect()
+}
+
+/// A batch to a mailbox is one entry of the expiry index; sweeping it in small steps, and
+/// expiring one of its messages on the spot, leave what is left of it in the index.
+#[test]
+fn a_batch_is_one_expiry_run_and_expires_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.redb");
+    let cfg = StoreConfig {
+        sweep_batch: 3,
+        ..StoreConfig::default()
+    };
+    let s = Store::open(&path, cfg.clone()).unwrap();
+    // Mailboxes 1 and 2 alternate: each one's seqs are still consecutive.
+    let batch = (1..=12)
+        .map(|i| msg(mailbox(1 + (i % 2 == 0) as u8), i, b"m", T0, HOUR))
+        .collect();
+    s.enqueue_batch(batch).wait().unwrap();
+    s.close();
+    drop(s);
+    assert_eq!(expiry_runs(&path), vec![(1, 1, 6), (2, 1, 6)]);
+
+    let s = Store::open(&path, cfg.clone()).unwrap();
+    assert_eq!(s.ack(mailbox(1), 3).wait().unwrap(), 3);
+    assert_eq!(s.stats().unwrap().dedup_records, 3);
+    // Past expiry, id 7 (mailbox 1's seq 4) comes again: its old entry expires on the spot,
+    // and the id is stored anew.
+    let later = T0 + HOUR;
+    let again = s
+        .enqueue(msg(mailbox(1), 7, b"again", later, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (7, false));
+    let st = s.stats().unwrap();
+    assert_eq!((st.messages, st.dedup_records), (9, 3));
+    // Three entries per sweep: the acknowledged seqs 1..=3 of mailbox 1 first.
+    assert_eq!(s.sweep(later).wait().unwrap(), 0);
+    let st = s.stats().unwrap();
+    assert_eq!((st.messages, st.dedup_records), (9, 0));
+    let mut swept = 0;
+    for _ in 0..5 {
+        swept += s.sweep(later).wait().unwrap();
+    }
+    assert_eq!(swept, 8);
+    let st = s.stats().unwrap();
+    assert_eq!((st.messages, st.dedup_records, st.expired_total), (1, 0, 9));
+    assert_eq!(all(&s, &mailbox(1), later), vec![(7, b"again".to_vec())]);
+    // Its dedup record is the new one.
+    assert!(
+        s.enqueue(msg(mailbox(1), 7, b"x", later, HOUR))
+            .wait()
+            .unwrap()
+            .duplicate
+    );
+    s.close();
+    drop(s);
+    assert_eq!(expiry_runs(&path), vec![(1, 7, 1)]);
+}
+
 #[test]
 fn expired_messages_are_never_delivered_and_are_swept() {
     let dir = tempfile::tempdir().unwrap();
