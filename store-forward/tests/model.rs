@@ -248,6 +248,32 @@ fn payload(id: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (id as usize * 31 + i) as u8).collect()
 }
 
+/// Enqueues `items` (mailbox, id, payload, expires at) as one batch, to the store and the model.
+fn enqueue_batch(
+    store: &Store,
+    m: &mut Model,
+    items: &[(u8, u64, Vec<u8>, u64)],
+) -> Result<(), TestCaseError> {
+    let got = store
+        .enqueue_batch(
+            items
+                .iter()
+                .map(|(mb, id, p, exp)| msg(mailbox(*mb), *id, p, m.now, exp - m.now))
+                .collect(),
+        )
+        .wait();
+    let want = m.enqueue_all(items);
+    match (got, want) {
+        (Ok(e), Ok(v)) => prop_assert_eq!(
+            e.iter().map(|e| (e.seq, e.duplicate)).collect::<Vec<_>>(),
+            v
+        ),
+        (Err(StoreError::QuotaExceeded { scope, .. }), Err(w)) => prop_assert_eq!(scope, w),
+        (g, w) => prop_assert!(false, "batch: store {:?} model {:?}", g, w),
+    }
+    Ok(())
+}
+
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.redb");
@@ -281,28 +307,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Batch { mbs, id, len, ttl } => {
                 let p = payload(id, len);
-                let got = store
-                    .enqueue_batch(
-                        mbs.iter()
-                            .map(|mb| msg(mailbox(*mb), id, &p, m.now, ttl))
-                            .collect(),
-                    )
-                    .wait();
                 let items: Vec<_> = mbs
                     .iter()
                     .map(|mb| (*mb, id, p.clone(), m.now + ttl))
                     .collect();
-                let want = m.enqueue_all(&items);
-                match (got, want) {
-                    (Ok(e), Ok(v)) => prop_assert_eq!(
-                        e.iter().map(|e| (e.seq, e.duplicate)).collect::<Vec<_>>(),
-                        v
-                    ),
-                    (Err(StoreError::QuotaExceeded { scope, .. }), Err(w)) => {
-                        prop_assert_eq!(scope, w)
-                    }
-                    (g, w) => prop_assert!(false, "batch: store {:?} model {:?}", g, w),
-                }
+                enqueue_batch(&store, &mut m, &items)?;
             }
             Op::Run {
                 mb,
@@ -314,25 +323,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let items: Vec<_> = (id..id + n)
                     .map(|i| (mb, i, payload(i, len), m.now + ttl))
                     .collect();
-                let got = store
-                    .enqueue_batch(
-                        items
-                            .iter()
-                            .map(|(mb, i, p, _)| msg(mailbox(*mb), *i, p, m.now, ttl))
-                            .collect(),
-                    )
-                    .wait();
-                let want = m.enqueue_all(&items);
-                match (got, want) {
-                    (Ok(e), Ok(v)) => prop_assert_eq!(
-                        e.iter().map(|e| (e.seq, e.duplicate)).collect::<Vec<_>>(),
-                        v
-                    ),
-                    (Err(StoreError::QuotaExceeded { scope, .. }), Err(w)) => {
-                        prop_assert_eq!(scope, w)
-                    }
-                    (g, w) => prop_assert!(false, "run: store {:?} model {:?}", g, w),
-                }
+                enqueue_batch(&store, &mut m, &items)?;
             }
             Op::Ack { mb, up_to } => {
                 let got = store.ack(mailbox(mb), up_to).wait().unwrap();

@@ -163,22 +163,21 @@ fn schema_v1_fixture_opens_reads_and_migrates() {
     ] {
         assert!(meta.get(key).unwrap().is_none(), "{key} is still there");
     }
-    let tables: Vec<String> = rtx
-        .list_tables()
-        .unwrap()
-        .map(|t| t.name().to_string())
-        .collect();
+    let tables = table_names(&rtx);
     assert!(tables.iter().all(|t| t != "recipients"), "{tables:?}");
     assert_expiry_in_runs(&rtx);
 }
 
-/// The file holds schema 3's `expiry_runs` and no longer schema 2's per-message `expiry`.
-fn assert_expiry_in_runs(rtx: &redb::ReadTransaction) {
-    let tables: Vec<String> = rtx
-        .list_tables()
+fn table_names(rtx: &redb::ReadTransaction) -> Vec<String> {
+    rtx.list_tables()
         .unwrap()
         .map(|t| t.name().to_string())
-        .collect();
+        .collect()
+}
+
+/// The file holds schema 3's `expiry_runs` and no longer schema 2's per-message `expiry`.
+fn assert_expiry_in_runs(rtx: &redb::ReadTransaction) {
+    let tables = table_names(rtx);
     assert!(tables.iter().all(|t| t != "expiry"), "{tables:?}");
     assert!(tables.iter().any(|t| t == "expiry_runs"), "{tables:?}");
 }
