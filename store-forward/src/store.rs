@@ -269,6 +269,7 @@ pub(crate) fn open_database(
                         meta.remove(key)?;
                     }
                 }
+                // Version 2 indexed expiry one entry per message; version 3 by runs.
                 let runs = expiry_into_runs(&txn)?;
                 txn.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION)?;
                 tracing::info!(path = %path.display(), runs, "database migrated from schema {v} to {SCHEMA_VERSION}");

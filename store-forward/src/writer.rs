@@ -22,11 +22,10 @@ use redb::{
 };
 
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
-use crate::schema::ExpiryRun;
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, DEDUP_RECORD_COST, EXPIRY,
-    FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META, META_DEDUP_FORGOTTEN,
-    META_EXPIRED, META_NEXT_MAILBOX, META_WAL_APPLIED, PRESENCE, cost,
+    ExpiryRun, FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META,
+    META_DEDUP_FORGOTTEN, META_EXPIRED, META_NEXT_MAILBOX, META_WAL_APPLIED, PRESENCE, cost,
 };
 use crate::store::{Enqueued, NewMessage, Outcome, Shared};
 use crate::usage::{Totals, Usage, UsageChange};
@@ -726,8 +725,8 @@ pub(crate) struct Tables<'t> {
     addrs: Table<'t, u64, &'static [u8]>,
     messages: Table<'t, (u64, u64), &'static [u8]>,
     dedup: Table<'t, (&'static [u8; 16], u64), (u64, u64)>,
-    /// Runs of messages, see [`ExpiryRun`]. Read only through [`Tables::expiry`], which first
-    /// writes out `runs`.
+    /// Runs of messages, see [`ExpiryRun`]. Whatever reads it first writes out `runs`
+    /// ([`Tables::write_runs`]).
     expiry: Table<'t, (u64, u64, u64), &'static [u8]>,
     /// The runs of the messages stored in this transaction, at most one per mailbox, not yet
     /// in `expiry`: a message that continues one is added to it in memory.
@@ -980,7 +979,7 @@ impl<'t> Tables<'t> {
     ) -> Result<u64, StoreError> {
         let pieces = run.without(drop);
         let left: usize = pieces.iter().map(|p| p.ids.len()).sum();
-        let dropped = (run.ids.len() - left) as u64;
+        let dropped = run.ids.len().saturating_sub(left) as u64;
         if dropped == 0 {
             return Ok(0);
         }
@@ -1155,7 +1154,7 @@ impl<'t> Tables<'t> {
         // Each run looked at, with the seqs of its messages to forget.
         let mut victims: Vec<(ExpiryRun, Vec<u64>)> = Vec::new();
         let (mut seen, mut picked) = (0usize, 0u64);
-        'runs: for item in self.expiry.iter()? {
+        for item in self.expiry.iter()? {
             let (k, v) = item?;
             let run = ExpiryRun::decode(k.value(), v.value())?;
             let mut seqs = Vec::new();
@@ -1174,7 +1173,7 @@ impl<'t> Tables<'t> {
                 victims.push((run, seqs));
             }
             if seen >= limit || picked >= count {
-                break 'runs;
+                break;
             }
         }
         for (run, seqs) in victims {
