@@ -501,3 +501,35 @@ async fn a_full_disk_is_resource_exhausted_and_recovers() {
         "disk full after {stored} messages of 4 KiB; all read back; writes resumed after ack"
     );
 }
+
+/// `ferry bench` (what `scripts/bench-node.sh` runs) carries every message exactly once, with
+/// plain Enqueues and through the Batcher, from several senders at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_bench_delivers_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("node"), "127.0.0.1:0");
+    let pin = node.fingerprint.to_string();
+    for batch in [false, true] {
+        let mut args = vec![
+            "bench",
+            "--node",
+            &node.addr,
+            "--pin",
+            &pin,
+            "--messages",
+            "3000",
+            "--senders",
+            "3",
+            "--in-flight",
+            "16",
+        ];
+        if batch {
+            args.push("--batch");
+        }
+        let out = ferry(dir.path(), &args);
+        assert!(
+            out.contains("received 3000/3000, lost 0, duplicated 0"),
+            "batch {batch}: {out}"
+        );
+    }
+}
