@@ -861,6 +861,24 @@ impl<'t> Tables<'t> {
         Ok(found)
     }
 
+    /// The (id, last seq) of the mailbox at `addr_bytes`, which is given an id first if it
+    /// has none yet.
+    fn mailbox_or_new(
+        &mut self,
+        addr_bytes: &[u8],
+        recipient: &IdentityKey,
+    ) -> Result<(u64, u64), StoreError> {
+        if let Some(v) = self.mailbox(addr_bytes)? {
+            return Ok(v);
+        }
+        let id = self.meta.next_mailbox;
+        self.meta.next_mailbox += 1;
+        self.meta.dirty = true;
+        self.addrs.insert(id, addr_bytes)?;
+        self.recipient_of.insert(id, *recipient);
+        Ok((id, 0))
+    }
+
     fn set_mailbox(&mut self, addr_bytes: &[u8], value: (u64, u64)) {
         match self.mailbox_rows.get_mut(addr_bytes) {
             Some(row) => {
@@ -1039,6 +1057,12 @@ impl<'t> Tables<'t> {
         message_id: &[u8; 16],
     ) -> Result<bool, StoreError> {
         self.remove_dedup(mailbox_id, seq, message_id)?;
+        self.expire_stored(mailbox_id, seq)
+    }
+
+    /// Removes message `seq` of `mailbox_id` as expired if it is still stored; returns whether
+    /// it was.
+    fn expire_stored(&mut self, mailbox_id: u64, seq: u64) -> Result<bool, StoreError> {
         let removed = self
             .messages
             .remove((mailbox_id, seq))?
@@ -1203,28 +1227,39 @@ impl<'t> Tables<'t> {
             }))
         };
         for attempt in 0..2 {
-            let mut over = None;
-            if !self.fits(cfg, total) {
-                over = Some((QuotaScope::GlobalBytes, cfg.max_total_bytes));
-            }
-            for (r, (n, b)) in per_recipient {
-                let (un, ub) = self.usage(r)?;
-                if un.saturating_add(*n) > cfg.max_recipient_messages {
-                    over = over.or(Some((
-                        QuotaScope::RecipientMessages,
-                        cfg.max_recipient_messages,
-                    )));
-                } else if ub.saturating_add(*b) > cfg.max_recipient_bytes {
-                    over = over.or(Some((QuotaScope::RecipientBytes, cfg.max_recipient_bytes)));
-                }
-            }
-            match over {
+            match self.over_quota(cfg, total, per_recipient)? {
                 None => return Ok(()),
                 Some((scope, limit)) if attempt == 1 => return refuse(scope, limit),
                 Some(_) => self.make_room(cfg, now_ms, total)?,
             }
         }
         Ok(())
+    }
+
+    /// The quota that `total` more bytes, `per_recipient` (messages, bytes) more for each
+    /// recipient, would exceed as things stand, and its limit.
+    fn over_quota(
+        &mut self,
+        cfg: &StoreConfig,
+        total: u64,
+        per_recipient: &HashMap<IdentityKey, (u64, u64)>,
+    ) -> Result<Option<(QuotaScope, u64)>, StoreError> {
+        let mut over = None;
+        if !self.fits(cfg, total) {
+            over = Some((QuotaScope::GlobalBytes, cfg.max_total_bytes));
+        }
+        for (r, (n, b)) in per_recipient {
+            let (un, ub) = self.usage(r)?;
+            if un.saturating_add(*n) > cfg.max_recipient_messages {
+                over = over.or(Some((
+                    QuotaScope::RecipientMessages,
+                    cfg.max_recipient_messages,
+                )));
+            } else if ub.saturating_add(*b) > cfg.max_recipient_bytes {
+                over = over.or(Some((QuotaScope::RecipientBytes, cfg.max_recipient_bytes)));
+            }
+        }
+        Ok(over)
     }
 
     /// Looks up a live dedup entry; an expired one is expired on the spot.
@@ -1246,6 +1281,39 @@ impl<'t> Tables<'t> {
 
     /// All-or-nothing: quotas are checked for the whole set before anything is written.
     fn enqueue_all(
+        &mut self,
+        cfg: &StoreConfig,
+        ms: &[NewMessage],
+    ) -> Result<Vec<Enqueued>, ApplyError> {
+        // Mostly the whole set fits even if none of it is a duplicate. Then each message's
+        // dedup entry is written straight away and the entry it replaces, if any, decides:
+        // one B-tree descent per message instead of a lookup before the quota check and an
+        // insert after it.
+        let mut total = 0u64;
+        let mut per_recipient: HashMap<IdentityKey, (u64, u64)> = HashMap::new();
+        for m in ms {
+            if m.expires_at_ms <= m.enqueued_at_ms {
+                return Err(ApplyError::Refused(StoreError::Expired));
+            }
+            let c = cost(m.payload.len());
+            total += c;
+            let e = per_recipient.entry(m.mailbox.recipient).or_default();
+            e.0 += 1;
+            e.1 += c;
+        }
+        if self.over_quota(cfg, total, &per_recipient)?.is_none() {
+            let mut out = Vec::with_capacity(ms.len());
+            for m in ms {
+                out.push(self.insert_unchecked(m)?);
+            }
+            return Ok(out);
+        }
+        self.enqueue_all_checked(cfg, ms)
+    }
+
+    /// [`Tables::enqueue_all`] when the set may not fit: duplicates are looked up first, so
+    /// that they neither count against the quotas nor are refused with the rest.
+    fn enqueue_all_checked(
         &mut self,
         cfg: &StoreConfig,
         ms: &[NewMessage],
@@ -1305,17 +1373,7 @@ impl<'t> Tables<'t> {
         addr: &[u8],
         recheck: bool,
     ) -> Result<Enqueued, StoreError> {
-        let (id, last_seq) = match self.mailbox(addr)? {
-            Some(v) => v,
-            None => {
-                let id = self.meta.next_mailbox;
-                self.meta.next_mailbox += 1;
-                self.meta.dirty = true;
-                self.addrs.insert(id, addr)?;
-                self.recipient_of.insert(id, m.mailbox.recipient);
-                (id, 0)
-            }
-        };
+        let (id, last_seq) = self.mailbox_or_new(addr, &m.mailbox.recipient)?;
         if recheck && let Some(seq) = self.live_duplicate(m, id)? {
             return Ok(Enqueued {
                 seq,
@@ -1323,11 +1381,50 @@ impl<'t> Tables<'t> {
             });
         }
         let seq = last_seq + 1;
+        self.dedup
+            .insert((m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
+        self.store_message(m, addr, id, seq)
+    }
+
+    /// Stores `m` unless its id is a live duplicate in its mailbox, which the quotas were not
+    /// checked against: its dedup entry is written first, and one it replaced that is still
+    /// live is put back and answered as the duplicate; one that expired is expired on the spot.
+    fn insert_unchecked(&mut self, m: &NewMessage) -> Result<Enqueued, StoreError> {
+        let addr = schema::encode_addr(&m.mailbox);
+        let (id, last_seq) = self.mailbox_or_new(&addr, &m.mailbox.recipient)?;
+        let seq = last_seq + 1;
+        let key = (m.message_id.as_bytes(), id);
+        let replaced = self
+            .dedup
+            .insert(key, (seq, m.expires_at_ms))?
+            .map(|v| v.value());
+        if let Some((old_seq, old_exp)) = replaced {
+            if old_exp > m.enqueued_at_ms {
+                self.dedup.insert(key, (old_seq, old_exp))?;
+                return Ok(Enqueued {
+                    seq: old_seq,
+                    duplicate: true,
+                });
+            }
+            // Its dedup entry is replaced already; the rest of it goes as in a sweep.
+            self.remove_from_runs(old_exp, id, old_seq)?;
+            self.expire_stored(id, old_seq)?;
+        }
+        self.store_message(m, &addr, id, seq)
+    }
+
+    /// Writes `m` as message `seq` of mailbox `id` (at `addr`), whose dedup entry is written,
+    /// and counts it.
+    fn store_message(
+        &mut self,
+        m: &NewMessage,
+        addr: &[u8],
+        id: u64,
+        seq: u64,
+    ) -> Result<Enqueued, StoreError> {
         let record = m.encode_record();
         self.set_mailbox(addr, (id, seq));
         self.messages.insert((id, seq), record.as_slice())?;
-        self.dedup
-            .insert((m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
         self.note_expiry(m.expires_at_ms, id, seq, *m.message_id.as_bytes())?;
         let c = cost(m.payload.len());
         let (n, b) = self.usage(&m.mailbox.recipient)?;
