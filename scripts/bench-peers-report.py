@@ -57,6 +57,7 @@ def main():
     # (label, workload, key, scale, digits)
     metrics = [
         ("one-to-one: msg/s acknowledged", "one-to-one", "throughput", 1, 0),
+        ("one-to-one: msg/s delivered", "one-to-one", "delivered_throughput", 1, 0),
         ("one-to-one: publish→ack p50 ms", "one-to-one", "publish_ack_p50_ms", 1, 2),
         ("one-to-one: publish→ack p99 ms", "one-to-one", "publish_ack_p99_ms", 1, 2),
         ("one-to-one: end-to-end p50 ms", "one-to-one", "e2e_p50_ms", 1, 2),
@@ -67,6 +68,7 @@ def main():
         ("one-to-one: server CPU per message, µs", "one-to-one", "server_cpu_us_per_message", 1, 1),
         ("one-to-one: load generator CPU per message, µs", "one-to-one", "loadgen_cpu_us_per_message", 1, 1),
         (f"{fanin}: msg/s acknowledged", fanin, "throughput", 1, 0),
+        (f"{fanin}: msg/s delivered", fanin, "delivered_throughput", 1, 0),
         (f"{fanin}: publish→ack p99 ms", fanin, "publish_ack_p99_ms", 1, 2),
         (f"{fanin}: end-to-end p50 ms", fanin, "e2e_p50_ms", 1, 2),
         (f"{fanin}: end-to-end p99 ms", fanin, "e2e_p99_ms", 1, 2),
@@ -101,8 +103,11 @@ def main():
 
 Run {date} with `scripts/bench-peers.sh` ({rounds} rounds, systems interleaved; medians with
 the range over rounds in brackets; ratios are Ferry's median over the peer's: above 1× is
-better for throughput, below 1× is better for latency, CPU, memory and disk writes). Disk
-written: the server's `write_bytes` from `/proc/<pid>/io` over the run, divided by the messages
+better for throughput, below 1× is better for latency, CPU, memory and disk writes).
+Acknowledged: the messages the server acknowledged to the producers ÷ the time until the last
+acknowledgement. Delivered: the messages the consumer received ÷ the time until the last one
+arrived; a server that acknowledges faster than its consumer is served shows the difference
+here. Disk written: the server's `write_bytes` from `/proc/<pid>/io` over the run, divided by the messages
 sent, what the run costs a router's flash (a server that writes nothing during the run shows 0
 and no ratio). CPU per message: `utime` + `stime` from `/proc/<pid>/stat` over the run (all
 threads, 10 ms resolution), divided by the messages sent; for the server, and for the load

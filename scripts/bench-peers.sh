@@ -190,5 +190,10 @@ config=$(
 - Workload: $MESSAGES messages of 256 B per run, 64 in flight per producer; fan-in 50 producers; idle $IDLE_CLIENTS clients; crash $CRASH_MESSAGES messages; $ROUNDS rounds interleaved; $(nproc) cores, $(uname -r).
 EOF
 )
+# The raw results stay after the run: the report can be rebuilt from them.
+mkdir -p "$ROOT/target/bench-peers"
+KEPT=$ROOT/target/bench-peers/results-$(date -u +%Y%m%dT%H%MZ).jsonl
+cp "$RESULTS" "$KEPT"
+echo "bench-peers: results kept in $KEPT"
 python3 "$ROOT/scripts/bench-peers-report.py" "$RESULTS" "$ROOT/docs/benchmarks.md" \
     "$ROOT/docs/bench-peers.png" "$config"
