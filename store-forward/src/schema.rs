@@ -127,9 +127,12 @@ impl ExpiryRun {
         (ids.len() / MESSAGE_ID_LEN) as u64
     }
 
-    /// The (seq, id) of each message in the run.
+    /// The (seq, id) of each message in the run. (Saturating: a damaged key near `u64::MAX`
+    /// must not panic.)
     pub(crate) fn entries(&self) -> impl Iterator<Item = (u64, [u8; MESSAGE_ID_LEN])> + '_ {
-        (self.first_seq..).zip(self.ids.iter().copied())
+        (0u64..)
+            .zip(&self.ids)
+            .map(|(i, id)| (self.first_seq.saturating_add(i), *id))
     }
 
     /// What is left of the run without the messages `drop` picks: its contiguous pieces.
@@ -410,5 +413,14 @@ mod tests {
             ..run
         };
         assert!(!full.continued_by(9, 2, 10 + MAX_RUN as u64));
+        // A damaged key at the end of the seq space neither panics nor wraps around.
+        let last = ExpiryRun {
+            first_seq: u64::MAX,
+            ids: vec![[1; 16], [2; 16]],
+            ..full
+        };
+        assert_eq!(last.entries().count(), 2);
+        assert!(last.entries().all(|(s, _)| s == u64::MAX));
+        assert_eq!(last.without(|_| false).len(), 2);
     }
 }
