@@ -20,8 +20,8 @@
 //! `first_seq, first_seq + 1, …` of one mailbox that expire at the same millisecond, and holds
 //! their ids in that order (see [`ExpiryRun`]). A group commit mostly stores a run of messages
 //! to one mailbox within the same millisecond, so this is one B-tree insert per run instead of
-//! one per message (it was the costliest of the three). Version 2's `expiry` table, one entry
-//! per message, is converted into runs on open.
+//! one per message (it cost as much as the dedup insert). Version 2's `expiry` table, one
+//! entry per message, is converted into runs on open.
 //!
 //! An expiry entry outlives the acknowledgement of its message: it is what finally removes the
 //! dedup entry, so a late retry of an acknowledged message is still recognised. These dedup
