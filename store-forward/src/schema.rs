@@ -87,6 +87,21 @@ pub(crate) struct ExpiryRun {
 }
 
 impl ExpiryRun {
+    /// A run of the one message `seq` of `mailbox_id` with `id`.
+    pub(crate) fn start(
+        expires_at_ms: u64,
+        mailbox_id: u64,
+        seq: u64,
+        id: [u8; MESSAGE_ID_LEN],
+    ) -> Self {
+        Self {
+            expires_at_ms,
+            mailbox_id,
+            first_seq: seq,
+            ids: vec![id],
+        }
+    }
+
     pub(crate) fn key(&self) -> (u64, u64, u64) {
         (self.expires_at_ms, self.mailbox_id, self.first_seq)
     }
@@ -146,12 +161,12 @@ impl ExpiryRun {
                 Some(p) if p.continued_by(self.expires_at_ms, self.mailbox_id, seq) => {
                     p.ids.push(id);
                 }
-                _ => pieces.push(ExpiryRun {
-                    expires_at_ms: self.expires_at_ms,
-                    mailbox_id: self.mailbox_id,
-                    first_seq: seq,
-                    ids: vec![id],
-                }),
+                _ => pieces.push(ExpiryRun::start(
+                    self.expires_at_ms,
+                    self.mailbox_id,
+                    seq,
+                    id,
+                )),
             }
         }
         pieces

@@ -319,12 +319,7 @@ fn expiry_into_runs(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
                         runs.insert(done.key(), done.encode_ids().as_slice())?;
                         written += 1;
                     }
-                    run = Some(ExpiryRun {
-                        expires_at_ms: exp,
-                        mailbox_id,
-                        first_seq: seq,
-                        ids: vec![*id.value()],
-                    });
+                    run = Some(ExpiryRun::start(exp, mailbox_id, seq, *id.value()));
                 }
             }
         }

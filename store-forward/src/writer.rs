@@ -971,12 +971,8 @@ impl<'t> Tables<'t> {
         } else if self.runs.len() >= MAX_OPEN_RUNS {
             self.write_runs()?;
         }
-        self.runs.push(ExpiryRun {
-            expires_at_ms,
-            mailbox_id,
-            first_seq: seq,
-            ids: vec![id],
-        });
+        self.runs
+            .push(ExpiryRun::start(expires_at_ms, mailbox_id, seq, id));
         Ok(())
     }
 
