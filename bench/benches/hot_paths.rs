@@ -102,6 +102,38 @@ fn store(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // Fan-in as the node sees it: EnqueueMany sets from several connections at once, the
+    // consumer acknowledging what is stored. The writer's work per message, mostly.
+    g.throughput(Throughput::Elements(8 * 64));
+    g.bench_function(
+        "enqueue 8 sets of 64 concurrently (EnqueueMany), then ack them",
+        |b| {
+            b.iter_batched(
+                || {
+                    (0..8)
+                        .map(|_| (0..64).map(|_| message()).collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                },
+                |sets| {
+                    let pending: Vec<_> =
+                        sets.into_iter().map(|s| store.enqueue_batch(s)).collect();
+                    let mut last = 0;
+                    for p in pending {
+                        last = last.max(
+                            p.wait()
+                                .expect("stored")
+                                .iter()
+                                .map(|e| e.seq)
+                                .max()
+                                .unwrap_or(0),
+                        );
+                    }
+                    store.ack(mailbox, last).wait().expect("acked")
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 }
 

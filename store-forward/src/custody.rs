@@ -6,6 +6,7 @@ use ferry_proto::types::{BundleDigest, IdentityKey, MailboxAddr, MessageId};
 
 use crate::StoreError;
 use crate::schema;
+use crate::store::Prepared;
 
 /// A bundle as stored in custody.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +48,20 @@ impl BundleRecord {
             hop_count: self.hop_count,
             hop_limit: self.hop_limit,
         }
+    }
+
+    /// The bundle as a message of its mailbox, received at `now_ms`.
+    pub(crate) fn prepare(&self, now_ms: u64) -> Prepared {
+        Prepared::new(
+            self.mailbox,
+            &schema::Record {
+                enqueued_at_ms: now_ms,
+                expires_at_ms: self.expires_at_ms,
+                message_id: self.message_id,
+                sender: self.sender,
+                payload: &self.payload,
+            },
+        )
     }
 }
 

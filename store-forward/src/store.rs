@@ -44,16 +44,62 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
-    /// The message as the `messages` table (and the write-ahead log) store it.
-    pub(crate) fn encode_record(&self) -> Vec<u8> {
-        schema::Record {
-            enqueued_at_ms: self.enqueued_at_ms,
-            expires_at_ms: self.expires_at_ms,
-            message_id: self.message_id,
-            sender: self.sender,
-            payload: &self.payload,
+    /// The message as the writer takes it, encoded on the calling thread.
+    pub(crate) fn prepare(&self) -> Prepared {
+        Prepared::new(
+            self.mailbox,
+            &schema::Record {
+                enqueued_at_ms: self.enqueued_at_ms,
+                expires_at_ms: self.expires_at_ms,
+                message_id: self.message_id,
+                sender: self.sender,
+                payload: &self.payload,
+            },
+        )
+    }
+}
+
+/// A message as the writer takes it: its mailbox address and record encoded once, by the
+/// thread that submits it, for the tables and the write-ahead log alike. The writer, which
+/// every commit waits on, only copies them.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    pub(crate) mailbox: MailboxAddr,
+    /// `mailbox` as the `mailboxes` table keys it.
+    pub(crate) addr: Vec<u8>,
+    pub(crate) message_id: MessageId,
+    pub(crate) enqueued_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
+    pub(crate) payload_len: usize,
+    /// The value of the `messages` table.
+    pub(crate) record: Vec<u8>,
+}
+
+impl Prepared {
+    pub(crate) fn new(mailbox: MailboxAddr, r: &schema::Record<'_>) -> Self {
+        Self {
+            mailbox,
+            addr: schema::encode_addr(&mailbox),
+            message_id: r.message_id,
+            enqueued_at_ms: r.enqueued_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            payload_len: r.payload.len(),
+            record: r.encode(),
         }
-        .encode()
+    }
+
+    /// A message as the log holds it: the encoded address and record, checked and copied.
+    pub(crate) fn decode(addr: &[u8], record: &[u8]) -> Result<Self, StoreError> {
+        let r = schema::decode_record(record)?;
+        Ok(Self {
+            mailbox: schema::decode_addr(addr)?,
+            addr: addr.to_vec(),
+            message_id: r.message_id,
+            enqueued_at_ms: r.enqueued_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            payload_len: r.payload.len(),
+            record: record.to_vec(),
+        })
     }
 }
 
@@ -474,7 +520,7 @@ impl Store {
 
     /// Stores a message durably, or returns the first result for a repeated message id.
     pub fn enqueue(&self, message: NewMessage) -> Pending<Enqueued> {
-        self.submit(WriteOp::Enqueue(message), |o| match o {
+        self.submit(WriteOp::Enqueue(message.prepare()), |o| match o {
             Outcome::Enqueued(e) => Ok(e),
             _ => Err(StoreError::Closed),
         })
@@ -483,10 +529,13 @@ impl Store {
     /// Stores several messages in one all-or-nothing operation (BatchEnqueue). Results are in
     /// input order.
     pub fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Pending<Vec<Enqueued>> {
-        self.submit(WriteOp::EnqueueBatch(messages), |o| match o {
-            Outcome::Batch(v) => Ok(v),
-            _ => Err(StoreError::Closed),
-        })
+        self.submit(
+            WriteOp::EnqueueBatch(messages.iter().map(NewMessage::prepare).collect()),
+            |o| match o {
+                Outcome::Batch(v) => Ok(v),
+                _ => Err(StoreError::Closed),
+            },
+        )
     }
 
     /// Deletes every message of `mailbox` with `seq <= seq_up_to`; returns how many.

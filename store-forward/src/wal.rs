@@ -34,7 +34,7 @@ use ferry_proto::types::MailboxAddr;
 
 use crate::StoreError;
 use crate::schema;
-use crate::store::NewMessage;
+use crate::store::Prepared;
 use crate::writer::WriteOp;
 
 const HEADER: usize = 4 + 4 + 8;
@@ -75,17 +75,19 @@ fn crc32(parts: &[&[u8]]) -> u32 {
     h.finalize()
 }
 
-fn put_message(out: &mut Vec<u8>, m: &NewMessage) {
-    put_addr(out, &m.mailbox);
-    let record = m.encode_record();
-    out.extend_from_slice(&u32::try_from(record.len()).unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(&record);
+fn put_message(out: &mut Vec<u8>, m: &Prepared) {
+    put_encoded_addr(out, &m.addr);
+    out.extend_from_slice(&u32::try_from(m.record.len()).unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&m.record);
 }
 
 fn put_addr(out: &mut Vec<u8>, addr: &MailboxAddr) {
-    let addr = schema::encode_addr(addr);
+    put_encoded_addr(out, &schema::encode_addr(addr));
+}
+
+fn put_encoded_addr(out: &mut Vec<u8>, addr: &[u8]) {
     out.extend_from_slice(&u16::try_from(addr.len()).unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(&addr);
+    out.extend_from_slice(addr);
 }
 
 /// Encodes the loggable operations of a batch as one record of generation `gen`, each with
@@ -176,18 +178,11 @@ impl<'a> Reader<'a> {
         let len = self.u16()?;
         schema::decode_addr(self.take(usize::from(len))?)
     }
-    fn message(&mut self) -> Result<NewMessage, StoreError> {
-        let mailbox = self.addr()?;
+    fn message(&mut self) -> Result<Prepared, StoreError> {
+        let len = self.u16()?;
+        let addr = self.take(usize::from(len))?;
         let len = self.u32()?;
-        let r = schema::decode_record(self.take(len as usize)?)?;
-        Ok(NewMessage {
-            mailbox,
-            message_id: r.message_id,
-            sender: r.sender,
-            payload: r.payload.to_vec(),
-            enqueued_at_ms: r.enqueued_at_ms,
-            expires_at_ms: r.expires_at_ms,
-        })
+        Prepared::decode(addr, self.take(len as usize)?)
     }
 }
 
@@ -378,6 +373,7 @@ impl Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewMessage;
     use ferry_proto::types::{ChannelId, DeviceId, IdentityKey, MessageId};
 
     fn msg(n: u8, payload: &[u8]) -> NewMessage {
@@ -399,8 +395,8 @@ mod tests {
 
     fn ops() -> Vec<WriteOp> {
         vec![
-            WriteOp::Enqueue(msg(1, b"one")),
-            WriteOp::EnqueueBatch(vec![msg(2, b""), msg(3, &[7; 300])]),
+            WriteOp::Enqueue(msg(1, b"one").prepare()),
+            WriteOp::EnqueueBatch(vec![msg(2, b"").prepare(), msg(3, &[7; 300]).prepare()]),
             WriteOp::Ack {
                 mailbox: msg(4, b"").mailbox,
                 seq_up_to: 77,
@@ -520,6 +516,7 @@ mod tests {
 #[cfg(test)]
 mod replay_tests {
     use super::*;
+    use crate::store::NewMessage;
     use crate::{Store, StoreConfig};
     use ferry_proto::types::{ChannelId, DeviceId, IdentityKey, MessageId};
     use redb::{Database, ReadableDatabase};
@@ -579,8 +576,8 @@ mod replay_tests {
         let mut log = encode(
             g + 1,
             stored(&[
-                WriteOp::Enqueue(message(2)),
-                WriteOp::EnqueueBatch(vec![message(3), message(1)]),
+                WriteOp::Enqueue(message(2).prepare()),
+                WriteOp::EnqueueBatch(vec![message(3).prepare(), message(1).prepare()]),
             ]),
         );
         log.extend(encode(
@@ -590,7 +587,7 @@ mod replay_tests {
                 seq_up_to: 1,
             }]),
         ));
-        let torn = encode(g + 3, stored(&[WriteOp::Enqueue(message(4))]));
+        let torn = encode(g + 3, stored(&[WriteOp::Enqueue(message(4).prepare())]));
         log.extend(&torn[..torn.len() - 3]);
         std::fs::write(path_for(&path), &log).unwrap();
 
@@ -609,7 +606,7 @@ mod replay_tests {
 
         // A record whose checksum holds but whose operation is unknown: corruption.
         let g = applied(&path);
-        let mut bad = encode(g + 1, stored(&[WriteOp::Enqueue(message(5))]));
+        let mut bad = encode(g + 1, stored(&[WriteOp::Enqueue(message(5).prepare())]));
         if let Some(op) = bad.get_mut(HEADER + 4) {
             *op = 77;
         }
@@ -631,8 +628,8 @@ mod replay_tests {
         let log = encode(
             g + 1,
             stored(&[
-                WriteOp::Enqueue(message(2)),
-                WriteOp::EnqueueBatch(vec![message(3)]),
+                WriteOp::Enqueue(message(2).prepare()),
+                WriteOp::EnqueueBatch(vec![message(3).prepare()]),
             ]),
         );
         std::fs::write(path_for(&path), &log).unwrap();
@@ -653,7 +650,7 @@ mod replay_tests {
         // An enqueue that was refused, or one from a log before the distinction (tags 1 and
         // 2), is replayed under the limits of the moment.
         let g = applied(&path);
-        let mut old = encode(g + 1, stored(&[WriteOp::Enqueue(message(5))]));
+        let mut old = encode(g + 1, stored(&[WriteOp::Enqueue(message(5).prepare())]));
         old[HEADER + 4] = OP_ENQUEUE_REFUSED;
         reseal(&mut old, g + 1);
         std::fs::write(path_for(&path), &old).unwrap();

@@ -27,14 +27,14 @@ use crate::schema::{
     ExpiryRun, FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META,
     META_DEDUP_FORGOTTEN, META_EXPIRED, META_NEXT_MAILBOX, META_WAL_APPLIED, PRESENCE, cost,
 };
-use crate::store::{Enqueued, NewMessage, Outcome, Shared};
+use crate::store::{Enqueued, Outcome, Prepared, Shared};
 use crate::usage::{Totals, Usage, UsageChange};
 use crate::wal::{self, Wal};
 use crate::{QuotaScope, StoreConfig, StoreError};
 
 pub(crate) enum WriteOp {
-    Enqueue(NewMessage),
-    EnqueueBatch(Vec<NewMessage>),
+    Enqueue(Prepared),
+    EnqueueBatch(Vec<Prepared>),
     Ack {
         mailbox: MailboxAddr,
         seq_up_to: u64,
@@ -81,8 +81,8 @@ pub(crate) enum WriteOp {
 impl WriteOp {
     fn payload_bytes(&self) -> usize {
         match self {
-            WriteOp::Enqueue(m) => m.payload.len(),
-            WriteOp::EnqueueBatch(v) => v.iter().map(|m| m.payload.len()).sum(),
+            WriteOp::Enqueue(m) => m.payload_len,
+            WriteOp::EnqueueBatch(v) => v.iter().map(|m| m.payload_len).sum(),
             WriteOp::CustodyPut { record, .. } => record.payload.len(),
             _ => 0,
         }
@@ -1259,11 +1259,7 @@ impl<'t> Tables<'t> {
     }
 
     /// Looks up a live dedup entry; an expired one is expired on the spot.
-    fn live_duplicate(
-        &mut self,
-        m: &NewMessage,
-        mailbox_id: u64,
-    ) -> Result<Option<u64>, StoreError> {
+    fn live_duplicate(&mut self, m: &Prepared, mailbox_id: u64) -> Result<Option<u64>, StoreError> {
         let key = (m.message_id.as_bytes(), mailbox_id);
         let Some((seq, exp)) = self.dedup.get(key)?.map(|v| v.value()) else {
             return Ok(None);
@@ -1279,7 +1275,7 @@ impl<'t> Tables<'t> {
     fn enqueue_all(
         &mut self,
         cfg: &StoreConfig,
-        ms: &[NewMessage],
+        ms: &[Prepared],
     ) -> Result<Vec<Enqueued>, ApplyError> {
         // Mostly the whole set fits even if none of it is a duplicate. Then each message's
         // dedup entry is written straight away and the entry it replaces, if any, decides:
@@ -1291,7 +1287,7 @@ impl<'t> Tables<'t> {
             if m.expires_at_ms <= m.enqueued_at_ms {
                 return Err(ApplyError::Refused(StoreError::Expired));
             }
-            let c = cost(m.payload.len());
+            let c = cost(m.payload_len);
             total += c;
             let e = per_recipient.entry(m.mailbox.recipient).or_default();
             e.0 += 1;
@@ -1312,7 +1308,7 @@ impl<'t> Tables<'t> {
     fn enqueue_all_checked(
         &mut self,
         cfg: &StoreConfig,
-        ms: &[NewMessage],
+        ms: &[Prepared],
     ) -> Result<Vec<Enqueued>, ApplyError> {
         let mut total = 0u64;
         let mut per_recipient: HashMap<IdentityKey, (u64, u64)> = HashMap::new();
@@ -1328,17 +1324,16 @@ impl<'t> Tables<'t> {
                 return Err(ApplyError::Refused(StoreError::Expired));
             }
             now_ms = now_ms.max(m.enqueued_at_ms);
-            let addr = schema::encode_addr(&m.mailbox);
-            let dup = match self.mailbox(&addr)? {
+            let dup = match self.mailbox(&m.addr)? {
                 Some((id, _)) => self.live_duplicate(m, id)?,
                 None => None,
             };
             let repeat = ms.len() > 1 && !earlier.insert((&m.mailbox, m.message_id));
-            found.push((addr, dup, repeat));
+            found.push((dup, repeat));
             if dup.is_some() {
                 continue;
             }
-            let c = cost(m.payload.len());
+            let c = cost(m.payload_len);
             total += c;
             let e = per_recipient.entry(m.mailbox.recipient).or_default();
             e.0 += 1;
@@ -1348,13 +1343,13 @@ impl<'t> Tables<'t> {
             self.check_quota(cfg, now_ms, total, &per_recipient)?;
         }
         let mut out = Vec::with_capacity(ms.len());
-        for (m, (addr, dup, repeat)) in ms.iter().zip(found) {
+        for (m, (dup, repeat)) in ms.iter().zip(found) {
             out.push(match dup {
                 Some(seq) => Enqueued {
                     seq,
                     duplicate: true,
                 },
-                None => self.insert(m, &addr, repeat)?,
+                None => self.insert(m, repeat)?,
             });
         }
         Ok(out)
@@ -1363,13 +1358,8 @@ impl<'t> Tables<'t> {
     /// Stores `m` (its mailbox encoded as `addr`), known not to be a live duplicate in the
     /// store before this set; with `recheck`, an earlier message of the same set had the same
     /// id and mailbox and may have stored it already.
-    fn insert(
-        &mut self,
-        m: &NewMessage,
-        addr: &[u8],
-        recheck: bool,
-    ) -> Result<Enqueued, StoreError> {
-        let (id, last_seq) = self.mailbox_or_new(addr, &m.mailbox.recipient)?;
+    fn insert(&mut self, m: &Prepared, recheck: bool) -> Result<Enqueued, StoreError> {
+        let (id, last_seq) = self.mailbox_or_new(&m.addr, &m.mailbox.recipient)?;
         if recheck && let Some(seq) = self.live_duplicate(m, id)? {
             return Ok(Enqueued {
                 seq,
@@ -1379,15 +1369,14 @@ impl<'t> Tables<'t> {
         let seq = last_seq + 1;
         self.dedup
             .insert((m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
-        self.store_message(m, addr, id, seq)
+        self.store_message(m, id, seq)
     }
 
     /// Stores `m` unless its id is a live duplicate in its mailbox, which the quotas were not
     /// checked against: its dedup entry is written first, and one it replaced that is still
     /// live is put back and answered as the duplicate; one that expired is expired on the spot.
-    fn insert_unchecked(&mut self, m: &NewMessage) -> Result<Enqueued, StoreError> {
-        let addr = schema::encode_addr(&m.mailbox);
-        let (id, last_seq) = self.mailbox_or_new(&addr, &m.mailbox.recipient)?;
+    fn insert_unchecked(&mut self, m: &Prepared) -> Result<Enqueued, StoreError> {
+        let (id, last_seq) = self.mailbox_or_new(&m.addr, &m.mailbox.recipient)?;
         let seq = last_seq + 1;
         let key = (m.message_id.as_bytes(), id);
         let replaced = self
@@ -1406,23 +1395,16 @@ impl<'t> Tables<'t> {
             self.remove_from_runs(old_exp, id, old_seq)?;
             self.expire_stored(id, old_seq)?;
         }
-        self.store_message(m, &addr, id, seq)
+        self.store_message(m, id, seq)
     }
 
-    /// Writes `m` as message `seq` of mailbox `id` (at `addr`), whose dedup entry is written,
-    /// and counts it.
-    fn store_message(
-        &mut self,
-        m: &NewMessage,
-        addr: &[u8],
-        id: u64,
-        seq: u64,
-    ) -> Result<Enqueued, StoreError> {
-        let record = m.encode_record();
-        self.set_mailbox(addr, (id, seq));
-        self.messages.insert((id, seq), record.as_slice())?;
+    /// Writes `m` as message `seq` of mailbox `id`, whose dedup entry is written, and counts
+    /// it.
+    fn store_message(&mut self, m: &Prepared, id: u64, seq: u64) -> Result<Enqueued, StoreError> {
+        self.set_mailbox(&m.addr, (id, seq));
+        self.messages.insert((id, seq), m.record.as_slice())?;
         self.note_expiry(m.expires_at_ms, id, seq, *m.message_id.as_bytes())?;
-        let c = cost(m.payload.len());
+        let c = cost(m.payload_len);
         let (n, b) = self.usage(&m.mailbox.recipient)?;
         self.set_usage(m.mailbox.recipient, (n + 1, b + c));
         self.meta.totals.messages += 1;
@@ -1498,14 +1480,7 @@ impl<'t> Tables<'t> {
             return Ok(CustodyOutcome::Expired);
         }
         if deliver_local {
-            let m = NewMessage {
-                mailbox: r.mailbox,
-                message_id: r.message_id,
-                sender: r.sender,
-                payload: r.payload.clone(),
-                enqueued_at_ms: now_ms,
-                expires_at_ms: r.expires_at_ms,
-            };
+            let m = r.prepare(now_ms);
             return match self.enqueue_all(cfg, std::slice::from_ref(&m)) {
                 Ok(v) => Ok(match v.first() {
                     Some(e) if !e.duplicate => CustodyOutcome::Delivered(e.seq),
@@ -1549,14 +1524,7 @@ impl<'t> Tables<'t> {
                 report.missing.push(*d);
                 continue;
             }
-            let m = NewMessage {
-                mailbox: r.mailbox,
-                message_id: r.message_id,
-                sender: r.sender,
-                payload: r.payload.clone(),
-                enqueued_at_ms: now_ms,
-                expires_at_ms: r.expires_at_ms,
-            };
+            let m = r.prepare(now_ms);
             match self.enqueue_all(cfg, std::slice::from_ref(&m)) {
                 Ok(v) => report.delivered.push(Delivery {
                     digest: *d,
