@@ -708,6 +708,9 @@ fn on_first_use<'s, 't, K: Key + 'static, V: Value + 'static>(
     })
 }
 
+/// A message to write: mailbox id, seq, record.
+type NewRow<'m> = (u64, u64, &'m Vec<u8>);
+
 pub(crate) struct Tables<'t> {
     meta_table: Table<'t, &'static str, u64>,
     meta: Meta,
@@ -1295,9 +1298,11 @@ impl<'t> Tables<'t> {
         }
         if self.over_quota(cfg, total, &per_recipient)?.is_none() {
             let mut out = Vec::with_capacity(ms.len());
+            let mut new = Vec::with_capacity(ms.len());
             for m in ms {
-                out.push(self.insert_unchecked(m)?);
+                out.push(self.insert_unchecked(m, &mut new)?);
             }
+            self.put_messages(&mut new)?;
             return Ok(out);
         }
         self.enqueue_all_checked(cfg, ms)
@@ -1375,7 +1380,12 @@ impl<'t> Tables<'t> {
     /// Stores `m` unless its id is a live duplicate in its mailbox, which the quotas were not
     /// checked against: its dedup entry is written first, and one it replaced that is still
     /// live is put back and answered as the duplicate; one that expired is expired on the spot.
-    fn insert_unchecked(&mut self, m: &Prepared) -> Result<Enqueued, StoreError> {
+    /// The message itself is added to `new`, for [`Tables::put_messages`] to write.
+    fn insert_unchecked<'m>(
+        &mut self,
+        m: &'m Prepared,
+        new: &mut Vec<NewRow<'m>>,
+    ) -> Result<Enqueued, StoreError> {
         let (id, last_seq) = self.mailbox_or_new(&m.addr, &m.mailbox.recipient)?;
         let seq = last_seq + 1;
         let key = (m.message_id.as_bytes(), id);
@@ -1391,18 +1401,67 @@ impl<'t> Tables<'t> {
                     duplicate: true,
                 });
             }
-            // Its dedup entry is replaced already; the rest of it goes as in a sweep.
+            // Its dedup entry is replaced already; the rest of it goes as in a sweep, once
+            // the messages before this one are written (it may be one of them).
+            self.put_messages(new)?;
             self.remove_from_runs(old_exp, id, old_seq)?;
             self.expire_stored(id, old_seq)?;
         }
-        self.store_message(m, id, seq)
+        new.push((id, seq, &m.record));
+        self.count_message(m, id, seq)
+    }
+
+    /// Writes (and empties) `new`. Consecutive seqs of one mailbox, which follow everything
+    /// it holds, go in through one cursor: redb builds each leaf once for the run, instead of
+    /// descending the tree and shifting the leaf's values for every message.
+    fn put_messages(&mut self, new: &mut Vec<NewRow<'_>>) -> Result<(), StoreError> {
+        let mut rest = new.as_slice();
+        while let Some(&(id, first, _)) = rest.first() {
+            let len = rest
+                .iter()
+                .enumerate()
+                .take_while(|&(k, &(i, seq, _))| {
+                    i == id && u64::try_from(k).ok().and_then(|k| first.checked_add(k)) == Some(seq)
+                })
+                .count();
+            let (run, tail) = rest.split_at(len);
+            rest = tail;
+            let mut done = 0;
+            if run.len() > 1 {
+                let mut cursor = self
+                    .messages
+                    .lower_bound_mut(std::ops::Bound::Included((id, first)))?;
+                for &(_, seq, record) in run {
+                    match cursor.insert_before((id, seq), record.as_slice()) {
+                        Ok(()) => done += 1,
+                        // A key already there (a mailbox row behind its messages, on a
+                        // damaged file): the plain insert below replaces it, as it would
+                        // have for a lone message.
+                        Err(redb::CursorError::UnorderedKey) => break,
+                        Err(e) => return Err(redb::Error::from(e).into()),
+                    }
+                }
+                cursor.close()?;
+            }
+            for &(_, seq, record) in run.get(done..).unwrap_or_default() {
+                self.messages.insert((id, seq), record.as_slice())?;
+            }
+        }
+        new.clear();
+        Ok(())
     }
 
     /// Writes `m` as message `seq` of mailbox `id`, whose dedup entry is written, and counts
     /// it.
     fn store_message(&mut self, m: &Prepared, id: u64, seq: u64) -> Result<Enqueued, StoreError> {
-        self.set_mailbox(&m.addr, (id, seq));
         self.messages.insert((id, seq), m.record.as_slice())?;
+        self.count_message(m, id, seq)
+    }
+
+    /// Counts `m` as message `seq` of mailbox `id`: the mailbox's last seq, the expiry run,
+    /// the usage.
+    fn count_message(&mut self, m: &Prepared, id: u64, seq: u64) -> Result<Enqueued, StoreError> {
+        self.set_mailbox(&m.addr, (id, seq));
         self.note_expiry(m.expires_at_ms, id, seq, *m.message_id.as_bytes())?;
         let c = cost(m.payload_len);
         let (n, b) = self.usage(&m.mailbox.recipient)?;

@@ -602,6 +602,90 @@ fn one_message_sent_many_times_at_once_is_stored_once() {
 }
 
 #[test]
+fn a_set_that_outlives_its_own_earlier_message_expires_it() {
+    // Each message of a set carries its own times (the node gives a set one "now"; the
+    // library does not insist). The second message meets the first one's dedup entry
+    // expired, before the set's messages are written: the first must be written and then
+    // expired, not left behind uncounted.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let r = s
+        .enqueue_batch(vec![
+            msg(mailbox(8), 80, b"first", T0, 1_000),
+            msg(mailbox(8), 81, b"other", T0, HOUR),
+            msg(mailbox(8), 80, b"again", T0 + 2_000, HOUR),
+        ])
+        .wait()
+        .unwrap();
+    assert_eq!(
+        r.iter().map(|e| (e.seq, e.duplicate)).collect::<Vec<_>>(),
+        vec![(1, false), (2, false), (3, false)]
+    );
+    assert_eq!(
+        all(&s, &mailbox(8), T0 + 2_000),
+        vec![(2, b"other".to_vec()), (3, b"again".to_vec())]
+    );
+    let st = s.stats().unwrap();
+    assert_eq!((st.messages, st.expired_total), (2, 1));
+    s.close();
+    let s = open(&dir);
+    assert_eq!(s.stats().unwrap().messages, 2);
+    assert_eq!(
+        all(&s, &mailbox(8), T0 + 2_000),
+        vec![(2, b"other".to_vec()), (3, b"again".to_vec())]
+    );
+}
+
+#[test]
+fn a_mailbox_row_behind_its_messages_does_not_stop_a_set() {
+    // A damaged file: the mailbox's last seq is behind messages it holds. A set's messages
+    // go in through one cursor, which refuses keys already there; the writer then replaces
+    // them, as a lone message's insert always did, instead of failing the set.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.redb");
+    let s = open(&dir);
+    let set = |first: u64| {
+        (first..first + 3)
+            .map(|i| msg(mailbox(9), i, b"p", T0, HOUR))
+            .collect()
+    };
+    s.enqueue_batch(set(1)).wait().unwrap();
+    s.close();
+    {
+        const MAILBOXES: redb::TableDefinition<'_, &[u8], (u64, u64)> =
+            redb::TableDefinition::new("mailboxes");
+        use redb::ReadableTable;
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(MAILBOXES).unwrap();
+            let rows: Vec<(Vec<u8>, u64)> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value().to_vec(), v.value().0)
+                })
+                .collect();
+            for (k, id) in rows {
+                t.insert(k.as_slice(), (id, 1)).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let s = open(&dir);
+    let r = s.enqueue_batch(set(10)).wait().unwrap();
+    assert_eq!(r.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        all(&s, &mailbox(9), T0)
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+}
+
+#[test]
 fn hybrid_keys_by_identity_and_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
