@@ -709,7 +709,7 @@ fn on_first_use<'s, 't, K: Key + 'static, V: Value + 'static>(
 }
 
 /// A message to write: mailbox id, seq, record.
-type NewRow<'m> = (u64, u64, &'m Vec<u8>);
+type NewRow<'m> = (u64, u64, &'m [u8]);
 
 pub(crate) struct Tables<'t> {
     meta_table: Table<'t, &'static str, u64>,
@@ -1318,8 +1318,8 @@ impl<'t> Tables<'t> {
         let mut total = 0u64;
         let mut per_recipient: HashMap<IdentityKey, (u64, u64)> = HashMap::new();
         let mut now_ms = 0;
-        // Each message's encoded address, what the quota pass found in the store, and whether
-        // the same id went to the same mailbox earlier in this set: only such a repeat is
+        // For each message, what the quota pass found in the store, and whether the same id
+        // went to the same mailbox earlier in this set: only such a repeat is
         // looked up in the dedup table again when it is stored. A duplicate found here is
         // answered as one even if making room below drops its dedup record.
         let mut found = Vec::with_capacity(ms.len());
@@ -1407,7 +1407,7 @@ impl<'t> Tables<'t> {
             self.remove_from_runs(old_exp, id, old_seq)?;
             self.expire_stored(id, old_seq)?;
         }
-        new.push((id, seq, &m.record));
+        new.push((id, seq, m.record.as_slice()));
         self.count_message(m, id, seq)
     }
 
@@ -1432,7 +1432,7 @@ impl<'t> Tables<'t> {
                     .messages
                     .lower_bound_mut(std::ops::Bound::Included((id, first)))?;
                 for &(_, seq, record) in run {
-                    match cursor.insert_before((id, seq), record.as_slice()) {
+                    match cursor.insert_before((id, seq), record) {
                         Ok(()) => done += 1,
                         // A key already there (a mailbox row behind its messages, on a
                         // damaged file): the plain insert below replaces it, as it would
@@ -1444,7 +1444,7 @@ impl<'t> Tables<'t> {
                 cursor.close()?;
             }
             for &(_, seq, record) in run.get(done..).unwrap_or_default() {
-                self.messages.insert((id, seq), record.as_slice())?;
+                self.messages.insert((id, seq), record)?;
             }
         }
         new.clear();
