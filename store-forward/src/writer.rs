@@ -708,6 +708,15 @@ fn on_first_use<'s, 't, K: Key + 'static, V: Value + 'static>(
     })
 }
 
+/// The seq after a mailbox's last one. Only a damaged row can have used them all up; that
+/// fails the batch instead of wrapping to 0 or panicking.
+fn next_seq(last_seq: u64) -> Result<u64, StoreError> {
+    last_seq.checked_add(1).ok_or(StoreError::Corrupt {
+        table: "mailboxes",
+        reason: "a mailbox's last seq is the largest there is",
+    })
+}
+
 /// A message to write: mailbox id, seq, record.
 type NewRow<'m> = (u64, u64, &'m [u8]);
 
@@ -1371,7 +1380,7 @@ impl<'t> Tables<'t> {
                 duplicate: true,
             });
         }
-        let seq = last_seq + 1;
+        let seq = next_seq(last_seq)?;
         self.dedup
             .insert((m.message_id.as_bytes(), id), (seq, m.expires_at_ms))?;
         self.store_message(m, id, seq)
@@ -1387,7 +1396,7 @@ impl<'t> Tables<'t> {
         new: &mut Vec<NewRow<'m>>,
     ) -> Result<Enqueued, StoreError> {
         let (id, last_seq) = self.mailbox_or_new(&m.addr, &m.mailbox.recipient)?;
-        let seq = last_seq + 1;
+        let seq = next_seq(last_seq)?;
         let key = (m.message_id.as_bytes(), id);
         let replaced = self
             .dedup

@@ -636,13 +636,36 @@ fn a_set_that_outlives_its_own_earlier_message_expires_it() {
     );
 }
 
+/// Sets every mailbox row's last seq to `last_seq`, as a damaged file might have it.
+fn set_last_seq(path: &std::path::Path, last_seq: u64) {
+    use redb::ReadableTable;
+    const MAILBOXES: redb::TableDefinition<'_, &[u8], (u64, u64)> =
+        redb::TableDefinition::new("mailboxes");
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(MAILBOXES).unwrap();
+        let rows: Vec<(Vec<u8>, u64)> = t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().to_vec(), v.value().0)
+            })
+            .collect();
+        for (k, id) in rows {
+            t.insert(k.as_slice(), (id, last_seq)).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+}
+
 #[test]
 fn a_mailbox_row_behind_its_messages_does_not_stop_a_set() {
     // A damaged file: the mailbox's last seq is behind messages it holds. A set's messages
     // go in through one cursor, which refuses keys already there; the writer then replaces
     // them, as a lone message's insert always did, instead of failing the set.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ferry.redb");
     let s = open(&dir);
     let set = |first: u64| {
         (first..first + 3)
@@ -651,28 +674,7 @@ fn a_mailbox_row_behind_its_messages_does_not_stop_a_set() {
     };
     s.enqueue_batch(set(1)).wait().unwrap();
     s.close();
-    {
-        const MAILBOXES: redb::TableDefinition<'_, &[u8], (u64, u64)> =
-            redb::TableDefinition::new("mailboxes");
-        use redb::ReadableTable;
-        let db = redb::Database::open(&path).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(MAILBOXES).unwrap();
-            let rows: Vec<(Vec<u8>, u64)> = t
-                .iter()
-                .unwrap()
-                .map(|e| {
-                    let (k, v) = e.unwrap();
-                    (k.value().to_vec(), v.value().0)
-                })
-                .collect();
-            for (k, id) in rows {
-                t.insert(k.as_slice(), (id, 1)).unwrap();
-            }
-        }
-        txn.commit().unwrap();
-    }
+    set_last_seq(&dir.path().join("ferry.redb"), 1);
     let s = open(&dir);
     let r = s.enqueue_batch(set(10)).wait().unwrap();
     assert_eq!(r.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
@@ -683,6 +685,49 @@ fn a_mailbox_row_behind_its_messages_does_not_stop_a_set() {
             .collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
     );
+}
+
+#[test]
+fn a_mailbox_row_at_the_last_seq_refuses_instead_of_wrapping() {
+    // Only a damaged row can be at the end of the seq space: its enqueues fail as corrupt
+    // (no panic, no seq 0), and the commits after them go on.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.enqueue(msg(mailbox(10), 1, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    s.close();
+    set_last_seq(&dir.path().join("ferry.redb"), u64::MAX);
+    let s = open(&dir);
+    for batch in [false, true] {
+        let r = if batch {
+            s.enqueue_batch(vec![msg(mailbox(10), 2, b"p", T0, HOUR)])
+                .wait()
+                .map(|_| ())
+        } else {
+            s.enqueue(msg(mailbox(10), 3, b"p", T0, HOUR))
+                .wait()
+                .map(|_| ())
+        };
+        assert!(
+            matches!(
+                r,
+                Err(StoreError::Corrupt {
+                    table: "mailboxes",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        s.enqueue(msg(mailbox(11), 4, b"p", T0, HOUR))
+            .wait()
+            .unwrap()
+            .seq,
+        1
+    );
+    assert_eq!(all(&s, &mailbox(10), T0).len(), 1);
 }
 
 #[test]
