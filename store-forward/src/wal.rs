@@ -174,13 +174,16 @@ impl<'a> Reader<'a> {
         let b = self.take(8)?.first_chunk::<8>().copied().unwrap_or([0; 8]);
         Ok(u64::from_le_bytes(b))
     }
-    fn addr(&mut self) -> Result<MailboxAddr, StoreError> {
+    /// An encoded mailbox address, as `put_encoded_addr` frames it.
+    fn addr_bytes(&mut self) -> Result<&'a [u8], StoreError> {
         let len = self.u16()?;
-        schema::decode_addr(self.take(usize::from(len))?)
+        self.take(usize::from(len))
+    }
+    fn addr(&mut self) -> Result<MailboxAddr, StoreError> {
+        schema::decode_addr(self.addr_bytes()?)
     }
     fn message(&mut self) -> Result<Prepared, StoreError> {
-        let len = self.u16()?;
-        let addr = self.take(usize::from(len))?;
+        let addr = self.addr_bytes()?;
         let len = self.u32()?;
         Prepared::decode(addr, self.take(len as usize)?)
     }

@@ -22,6 +22,11 @@ fn all(store: &Store, mb: &ferry_proto::types::MailboxAddr, now: u64) -> Vec<(u6
         .collect()
 }
 
+/// The seqs `all` returns.
+fn seqs(store: &Store, mb: &ferry_proto::types::MailboxAddr, now: u64) -> Vec<u64> {
+    all(store, mb, now).into_iter().map(|m| m.0).collect()
+}
+
 #[test]
 fn enqueue_assigns_monotonic_seqs_per_mailbox() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,13 +161,7 @@ fn ack_deletes_up_to_and_is_idempotent() {
     assert_eq!(s.ack(mailbox(1), 3).wait().unwrap(), 3);
     assert_eq!(s.ack(mailbox(1), 3).wait().unwrap(), 0);
     assert_eq!(s.ack(mailbox(2), 3).wait().unwrap(), 0);
-    assert_eq!(
-        all(&s, &mailbox(1), T0)
-            .iter()
-            .map(|m| m.0)
-            .collect::<Vec<_>>(),
-        vec![4, 5]
-    );
+    assert_eq!(seqs(&s, &mailbox(1), T0), vec![4, 5]);
     assert_eq!(s.ack(mailbox(1), u64::MAX).wait().unwrap(), 2);
     assert_eq!(s.depth().unwrap(), 0);
     let st = s.stats().unwrap();
@@ -678,13 +677,7 @@ fn a_mailbox_row_behind_its_messages_does_not_stop_a_set() {
     let s = open(&dir);
     let r = s.enqueue_batch(set(10)).wait().unwrap();
     assert_eq!(r.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
-    assert_eq!(
-        all(&s, &mailbox(9), T0)
-            .iter()
-            .map(|m| m.0)
-            .collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
-    );
+    assert_eq!(seqs(&s, &mailbox(9), T0), vec![1, 2, 3, 4]);
 }
 
 #[test]
@@ -767,13 +760,7 @@ fn everything_survives_reopen() {
         s.close();
     }
     let s = Store::open(&path, StoreConfig::default()).unwrap();
-    assert_eq!(
-        all(&s, &mailbox(1), T0)
-            .iter()
-            .map(|m| m.0)
-            .collect::<Vec<_>>(),
-        vec![2, 3]
-    );
+    assert_eq!(seqs(&s, &mailbox(1), T0), vec![2, 3]);
     assert!(
         s.enqueue(msg(mailbox(1), 1, b"p", T0, HOUR))
             .wait()
@@ -995,13 +982,7 @@ fn the_write_ahead_log_is_checkpointed_when_idle_and_on_close() {
     // A clean close leaves nothing to replay.
     let s = Store::open(&path, cfg).unwrap();
     assert_eq!(s.writer_stats().replayed_records, 0);
-    assert_eq!(
-        all(&s, &mailbox(1), T0)
-            .iter()
-            .map(|m| m.0)
-            .collect::<Vec<_>>(),
-        vec![3, 4, 5, 6]
-    );
+    assert_eq!(seqs(&s, &mailbox(1), T0), vec![3, 4, 5, 6]);
 }
 
 #[test]
