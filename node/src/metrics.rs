@@ -324,7 +324,7 @@ impl Collector for Scrape {
             ),
             (
                 "store_failed_commits",
-                "Group commits that failed (each failed all its operations).",
+                "Group commits that failed, storing none of their operations (one that failed on a damaged row is retried an operation at a time).",
                 w.failed_commits,
             ),
             (

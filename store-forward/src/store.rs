@@ -141,7 +141,9 @@ pub struct WriterStats {
     pub checkpoints: u64,
     /// Operations answered from committed transactions.
     pub ops: u64,
-    /// Transactions that failed (each failed all its operations).
+    /// Transactions that failed; none of their operations was stored. One that failed on a
+    /// damaged row (`Corrupt`) is followed by a commit per operation, so that only the
+    /// operations meeting the damage fail.
     pub failed_commits: u64,
     /// Largest number of operations in one commit.
     pub max_batch: u64,

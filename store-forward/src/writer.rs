@@ -434,6 +434,19 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
             }
             true
         }
+        Err(e @ StoreError::Corrupt { .. }) if batch.len() > 1 => {
+            // A damaged row fails the operation that reads it, and with it the transaction.
+            // Nothing of the batch was stored; the operations that shared it had nothing to do
+            // with the row, so each is committed again on its own: only the ones that meet
+            // damage fail. Costs a commit per operation, on a damaged file only.
+            c.failed_commits.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, ops, "group commit failed on a damaged row; committing its operations one at a time");
+            let mut all_ok = true;
+            for job in std::mem::take(batch) {
+                all_ok &= commit_batch(shared, &mut vec![job], w);
+            }
+            all_ok
+        }
         Err(e) => {
             c.failed_commits.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, ops, "group commit failed; nothing of it was stored");

@@ -724,6 +724,58 @@ fn a_mailbox_row_at_the_last_seq_refuses_instead_of_wrapping() {
 }
 
 #[test]
+fn a_damaged_row_fails_its_own_operation_not_the_commit_it_shared() {
+    // The damaged mailbox's enqueue fails its group commit; the operations that shared it
+    // are committed again one at a time, and only the damaged one is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.enqueue(msg(mailbox(10), 1, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    s.close();
+    set_last_seq(&dir.path().join("ferry.redb"), u64::MAX);
+    let s = open(&dir);
+    let mut sent = 0u64;
+    let mut shared = false;
+    for round in 0..20u64 {
+        let before = s.writer_stats();
+        // Queued without waiting: while the writer commits the first, the rest wait and go
+        // into group commits together, the damaged mailbox's enqueue among them.
+        let mut good = Vec::new();
+        let mut bad = None;
+        for i in 0..64u64 {
+            if i == 32 {
+                bad = Some(s.enqueue(msg(mailbox(10), 1_000 + round, b"p", T0, HOUR)));
+            }
+            sent += 1;
+            good.push(s.enqueue(msg(mailbox(11), 100 + sent, b"q", T0, HOUR)));
+        }
+        let r = bad.unwrap().wait().map(|_| ());
+        assert!(
+            matches!(
+                r,
+                Err(StoreError::Corrupt {
+                    table: "mailboxes",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        for p in good {
+            p.wait().unwrap();
+        }
+        // Two failed commits: the group commit it shared, then its own.
+        if s.writer_stats().failed_commits - before.failed_commits == 2 {
+            shared = true;
+            break;
+        }
+    }
+    assert!(shared, "the damaged enqueue never shared a group commit");
+    assert_eq!(seqs(&s, &mailbox(11), T0), (1..=sent).collect::<Vec<_>>());
+    assert_eq!(all(&s, &mailbox(10), T0).len(), 1);
+}
+
+#[test]
 fn hybrid_keys_by_identity_and_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
