@@ -396,7 +396,7 @@ fn recover(
     let (records, end) = wal::parse(&data, applied)?;
     drop(data);
     let usage = RwLock::new(Usage::scan(&db)?);
-    let Some(&(last_gen, _)) = records.last() else {
+    let Some(last_gen) = records.last().map(|r| r.gen_) else {
         return Ok(Recovered {
             db,
             usage: usage.into_inner().unwrap_or_else(PoisonError::into_inner),

@@ -18,12 +18,16 @@
 //! u32`, messages), `3` Ack (`addr`, `seq_up_to u64`). A message is `addr_len u16 | addr |
 //! record_len u32 | record` with the mailbox address and message record as the tables store
 //! them. An enqueue answered as stored is written as `4` or `5`, one that was refused as `1` or
-//! `2` (what every enqueue was before the distinction). Replay applies every operation as it
-//! was first applied, under the limits of the moment; an enqueue marked stored that those
-//! limits refuse (an operator lowered them before the restart) is applied again without quota
-//! checks, so that an acknowledged message is never dropped. Replay stops at the first record
-//! that is short, fails its checksum, or does not follow the previous generation: only the tail
-//! after the last fsync can be torn.
+//! `2` (what every enqueue was before the distinction). Every record starts with `6`, the
+//! limits its operations were applied under (`max_total_bytes`, `max_recipient_messages`,
+//! `max_recipient_bytes`, `sweep_batch`, each u64; 33 bytes). Replay applies every operation
+//! under the limits it was first applied under (those of the moment for a record from before
+//! `6`), so an enqueue refused then is refused again even if an operator raised the limits
+//! before the restart, and the seqs stay those that were answered. An enqueue marked stored
+//! that the limits refuse anyway (a record from before `6`, and limits lowered since) is
+//! applied again without quota checks, so that an acknowledged message is never dropped.
+//! Replay stops at the first record that is short, fails its checksum, or does not follow the
+//! previous generation: only the tail after the last fsync can be torn.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -32,10 +36,10 @@ use std::path::{Path, PathBuf};
 
 use ferry_proto::types::MailboxAddr;
 
-use crate::StoreError;
 use crate::schema;
 use crate::store::Prepared;
 use crate::writer::WriteOp;
+use crate::{StoreConfig, StoreError};
 
 const HEADER: usize = 4 + 4 + 8;
 /// An Enqueue that was refused (or, in logs from before the distinction, either).
@@ -47,6 +51,41 @@ const OP_ACK: u8 = 3;
 const OP_ENQUEUE: u8 = 4;
 /// An EnqueueBatch that was answered as stored.
 const OP_ENQUEUE_BATCH: u8 = 5;
+/// The limits the record's operations were applied under; first in every record.
+const OP_LIMITS: u8 = 6;
+
+/// The settings that decide an operation's outcome: a replay must apply the log's operations
+/// under the ones they were first applied under, or a refused enqueue could be stored (and
+/// the seqs after it shift) on a restart with raised limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    max_total_bytes: u64,
+    max_recipient_messages: u64,
+    max_recipient_bytes: u64,
+    sweep_batch: u64,
+}
+
+impl Limits {
+    pub(crate) fn of(cfg: &StoreConfig) -> Self {
+        Self {
+            max_total_bytes: cfg.max_total_bytes,
+            max_recipient_messages: cfg.max_recipient_messages,
+            max_recipient_bytes: cfg.max_recipient_bytes,
+            sweep_batch: u64::try_from(cfg.sweep_batch).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// `cfg` with these limits.
+    pub(crate) fn applied_to(&self, cfg: &StoreConfig) -> StoreConfig {
+        StoreConfig {
+            max_total_bytes: self.max_total_bytes,
+            max_recipient_messages: self.max_recipient_messages,
+            max_recipient_bytes: self.max_recipient_bytes,
+            sweep_batch: usize::try_from(self.sweep_batch).unwrap_or(usize::MAX),
+            ..cfg.clone()
+        }
+    }
+}
 
 /// The log's path: the database's, with `-wal` appended.
 pub(crate) fn path_for(db: &Path) -> PathBuf {
@@ -91,13 +130,29 @@ fn put_encoded_addr(out: &mut Vec<u8>, addr: &[u8]) {
 }
 
 /// Encodes the loggable operations of a batch as one record of generation `gen`, each with
-/// whether it was answered with success. A refused enqueue is written too: replay applies it
-/// again for what it did on the way (sweeping, forgetting dedup records to make room), so that
-/// the operations after it meet the state they met.
-pub(crate) fn encode<'a>(gen_: u64, ops: impl Iterator<Item = (&'a WriteOp, bool)>) -> Vec<u8> {
+/// whether it was answered with success, after `limits` if given. A refused enqueue is written
+/// too: replay applies it again for what it did on the way (sweeping, forgetting dedup records
+/// to make room), so that the operations after it meet the state they met.
+pub(crate) fn encode<'a>(
+    gen_: u64,
+    limits: Option<&Limits>,
+    ops: impl Iterator<Item = (&'a WriteOp, bool)>,
+) -> Vec<u8> {
     let mut out = vec![0u8; HEADER];
     out.extend_from_slice(&[0; 4]);
     let mut count = 0u32;
+    if let Some(l) = limits {
+        out.push(OP_LIMITS);
+        for v in [
+            l.max_total_bytes,
+            l.max_recipient_messages,
+            l.max_recipient_bytes,
+            l.sweep_batch,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        count += 1;
+    }
     for (op, ok) in ops {
         match op {
             WriteOp::Enqueue(m) => {
@@ -189,13 +244,24 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_body(body: &[u8]) -> Result<Vec<Logged>, StoreError> {
+fn decode_body(gen_: u64, body: &[u8]) -> Result<Record, StoreError> {
     let mut r = Reader(body);
     let count = r.u32()?;
+    let mut limits = None;
     let mut ops = Vec::new();
-    for _ in 0..count {
+    for i in 0..count {
         let tag = r.u8()?;
         let op = match tag {
+            OP_LIMITS if i == 0 => {
+                limits = Some(Limits {
+                    max_total_bytes: r.u64()?,
+                    max_recipient_messages: r.u64()?,
+                    max_recipient_bytes: r.u64()?,
+                    sweep_batch: r.u64()?,
+                });
+                continue;
+            }
+            OP_LIMITS => return Err(bad("limits after operations")),
             OP_ENQUEUE | OP_ENQUEUE_REFUSED => WriteOp::Enqueue(r.message()?),
             OP_ENQUEUE_BATCH | OP_ENQUEUE_BATCH_REFUSED => {
                 let n = r.u32()?;
@@ -219,19 +285,28 @@ fn decode_body(body: &[u8]) -> Result<Vec<Logged>, StoreError> {
     if !r.0.is_empty() {
         return Err(bad("trailing bytes in a record"));
     }
-    Ok(ops)
+    Ok(Record { gen_, limits, ops })
 }
 
 /// The records of a log after generation `applied`, in order, up to the first torn or stale
 /// one, and the offset just past the last of them (0 if none). A record whose checksum holds
 /// but that does not decode is corruption, not a torn tail.
-pub(crate) type Records = Vec<(u64, Vec<Logged>)>;
+pub(crate) type Records = Vec<Record>;
+
+/// A record read back from the log.
+pub(crate) struct Record {
+    pub(crate) gen_: u64,
+    /// The limits its operations were applied under (`None` in a log from before they were
+    /// written).
+    pub(crate) limits: Option<Limits>,
+    pub(crate) ops: Vec<Logged>,
+}
 
 /// An operation read back from the log.
 pub(crate) struct Logged {
     pub(crate) op: WriteOp,
-    /// An enqueue that was answered as stored: if the quotas of the moment refuse it, replay
-    /// applies it again without them.
+    /// An enqueue that was answered as stored: if the limits refuse it on replay (a record
+    /// without its limits, and limits lowered since), it is applied again without them.
     pub(crate) stored: bool,
 }
 
@@ -258,7 +333,7 @@ pub(crate) fn parse(data: &[u8], applied: u64) -> Result<(Records, u64), StoreEr
             }
             break;
         }
-        out.push((gen_, decode_body(body)?));
+        out.push(decode_body(gen_, body)?);
         last = gen_;
         rest = next;
         end = data.len() - rest.len();
@@ -430,22 +505,22 @@ mod tests {
 
     #[test]
     fn records_round_trip_in_order() {
-        let mut log = encode(5, stored(&ops()));
-        log.extend(encode(7, stored(&ops()[..1])));
+        let mut log = encode(5, None, stored(&ops()));
+        log.extend(encode(7, None, stored(&ops()[..1])));
         let (got, end) = parse(&log, 0).unwrap();
         assert_eq!(end, log.len() as u64);
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].0, 5);
-        assert_eq!(summary(got[0].1.iter().map(|l| &l.op)), summary(&ops()));
+        assert_eq!(got[0].gen_, 5);
+        assert_eq!(summary(got[0].ops.iter().map(|l| &l.op)), summary(&ops()));
         assert!(
             got[0]
-                .1
+                .ops
                 .iter()
                 .all(|l| l.stored != matches!(l.op, WriteOp::Ack { .. }))
         );
-        assert_eq!(got[1].0, 7);
+        assert_eq!(got[1].gen_, 7);
         assert_eq!(
-            summary(got[1].1.iter().map(|l| &l.op)),
+            summary(got[1].ops.iter().map(|l| &l.op)),
             summary(&ops()[..1])
         );
     }
@@ -454,25 +529,58 @@ mod tests {
     fn refused_enqueues_are_written_and_marked() {
         let ops = ops();
         let answered = ops.iter().zip([false, true, true]);
-        let (got, _) = parse(&encode(5, answered), 0).unwrap();
-        assert_eq!(summary(got[0].1.iter().map(|l| &l.op)), summary(&ops));
-        let stored: Vec<_> = got[0].1.iter().map(|l| l.stored).collect();
+        let (got, _) = parse(&encode(5, None, answered), 0).unwrap();
+        assert_eq!(summary(got[0].ops.iter().map(|l| &l.op)), summary(&ops));
+        let stored: Vec<_> = got[0].ops.iter().map(|l| l.stored).collect();
         assert_eq!(stored, [false, true, false]);
     }
 
     #[test]
+    fn limits_lead_a_record_and_nowhere_else() {
+        let limits = Limits::of(&StoreConfig {
+            max_total_bytes: 1,
+            max_recipient_messages: 2,
+            max_recipient_bytes: 3,
+            sweep_batch: 4,
+            ..StoreConfig::default()
+        });
+        let (got, _) = parse(&encode(5, Some(&limits), stored(&ops())), 0).unwrap();
+        assert_eq!(got[0].limits, Some(limits));
+        assert_eq!(summary(got[0].ops.iter().map(|l| &l.op)), summary(&ops()));
+        assert_eq!(
+            parse(&encode(5, None, stored(&ops())), 0).unwrap().0[0].limits,
+            None
+        );
+        // Limits after an operation: the record checks but does not decode.
+        let first = encode(3, None, stored(&ops()[2..]));
+        let mut record = encode(3, Some(&limits), stored(&ops()[2..]));
+        let op_len = first.len() - HEADER - 4;
+        let body = HEADER + 4;
+        record[body..].rotate_left(33);
+        assert_eq!(record.len() - body, op_len + 33);
+        reseal(&mut record, 3);
+        assert!(matches!(
+            parse(&record, 0),
+            Err(StoreError::Corrupt {
+                table: "wal",
+                reason: "limits after operations"
+            })
+        ));
+    }
+
+    #[test]
     fn replay_skips_applied_and_stops_at_a_torn_tail() {
-        let mut log = encode(5, stored(&ops()));
-        log.extend(encode(6, stored(&ops())));
+        let mut log = encode(5, None, stored(&ops()));
+        log.extend(encode(6, None, stored(&ops())));
         let whole = log.len();
-        log.extend(encode(7, stored(&ops())));
+        log.extend(encode(7, None, stored(&ops())));
         // Records up to 5 are in the database already.
         assert_eq!(parse(&log, 5).unwrap().0.len(), 2);
         // Every cut inside the last record leaves the first two.
         for cut in whole..log.len() {
             let (got, end) = parse(&log[..cut], 0).unwrap();
             assert_eq!(
-                got.iter().map(|r| r.0).collect::<Vec<_>>(),
+                got.iter().map(|r| r.gen_).collect::<Vec<_>>(),
                 [5, 6],
                 "cut {cut}"
             );
@@ -483,11 +591,11 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 1;
         assert_eq!(parse(&flipped, 0).unwrap().0.len(), 2);
         // A stale record after a newer one (an old log's leftovers) ends it too.
-        let mut stale = encode(9, stored(&ops()));
-        stale.extend(encode(8, stored(&ops())));
+        let mut stale = encode(9, None, stored(&ops()));
+        stale.extend(encode(8, None, stored(&ops())));
         assert_eq!(parse(&stale, 0).unwrap().0.len(), 1);
         // Zeros (the preallocated rest of the file) end it.
-        let mut zeros = encode(3, stored(&ops()));
+        let mut zeros = encode(3, None, stored(&ops()));
         zeros.extend([0u8; 100]);
         assert_eq!(parse(&zeros, 0).unwrap().0.len(), 1);
         // Records the database already holds are skipped: nothing to replay or keep.
@@ -498,7 +606,7 @@ mod tests {
 
     #[test]
     fn a_record_that_checks_but_does_not_decode_is_corruption() {
-        let mut record = encode(3, stored(&ops()));
+        let mut record = encode(3, None, stored(&ops()));
         // An unknown operation tag, with the checksum made to match.
         record[HEADER + 4] = 99;
         reseal(&mut record, 3);
@@ -578,6 +686,7 @@ mod replay_tests {
         // the message stored before, and an ack of it), then a torn third.
         let mut log = encode(
             g + 1,
+            None,
             stored(&[
                 WriteOp::Enqueue(message(2).prepare()),
                 WriteOp::EnqueueBatch(vec![message(3).prepare(), message(1).prepare()]),
@@ -585,12 +694,17 @@ mod replay_tests {
         );
         log.extend(encode(
             g + 2,
+            None,
             stored(&[WriteOp::Ack {
                 mailbox: message(0).mailbox,
                 seq_up_to: 1,
             }]),
         ));
-        let torn = encode(g + 3, stored(&[WriteOp::Enqueue(message(4).prepare())]));
+        let torn = encode(
+            g + 3,
+            None,
+            stored(&[WriteOp::Enqueue(message(4).prepare())]),
+        );
         log.extend(&torn[..torn.len() - 3]);
         std::fs::write(path_for(&path), &log).unwrap();
 
@@ -609,7 +723,11 @@ mod replay_tests {
 
         // A record whose checksum holds but whose operation is unknown: corruption.
         let g = applied(&path);
-        let mut bad = encode(g + 1, stored(&[WriteOp::Enqueue(message(5).prepare())]));
+        let mut bad = encode(
+            g + 1,
+            None,
+            stored(&[WriteOp::Enqueue(message(5).prepare())]),
+        );
         if let Some(op) = bad.get_mut(HEADER + 4) {
             *op = 77;
         }
@@ -630,6 +748,7 @@ mod replay_tests {
         // recipient's quota to one message before the restart.
         let log = encode(
             g + 1,
+            None,
             stored(&[
                 WriteOp::Enqueue(message(2).prepare()),
                 WriteOp::EnqueueBatch(vec![message(3).prepare()]),
@@ -653,7 +772,11 @@ mod replay_tests {
         // An enqueue that was refused, or one from a log before the distinction (tags 1 and
         // 2), is replayed under the limits of the moment.
         let g = applied(&path);
-        let mut old = encode(g + 1, stored(&[WriteOp::Enqueue(message(5).prepare())]));
+        let mut old = encode(
+            g + 1,
+            None,
+            stored(&[WriteOp::Enqueue(message(5).prepare())]),
+        );
         old[HEADER + 4] = OP_ENQUEUE_REFUSED;
         reseal(&mut old, g + 1);
         std::fs::write(path_for(&path), &old).unwrap();
@@ -664,5 +787,64 @@ mod replay_tests {
         let store = Store::open(&path, StoreConfig::default()).unwrap();
         assert_eq!(store.writer_stats().replayed_records, 0);
         assert_eq!(ids(&store), [(1, 1), (2, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn a_refused_enqueue_stays_refused_when_the_limits_were_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, g) = one_message_stored(&dir);
+        // Under a quota of one message: 2 refused (the mailbox is full), the ack of 1 makes
+        // room, 3 stored as seq 2. Then a crash, and the operator raises the quota.
+        let tight = StoreConfig {
+            max_recipient_messages: 1,
+            ..StoreConfig::default()
+        };
+        let ops = [
+            WriteOp::Enqueue(message(2).prepare()),
+            WriteOp::Ack {
+                mailbox: message(0).mailbox,
+                seq_up_to: 1,
+            },
+            WriteOp::Enqueue(message(3).prepare()),
+        ];
+        let log = encode(
+            g + 1,
+            Some(&Limits::of(&tight)),
+            ops.iter().zip([false, false, true]),
+        );
+        std::fs::write(path_for(&path), &log).unwrap();
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.writer_stats().replayed_records, 1);
+        // 2 is not stored, and 3 keeps the seq it was answered with.
+        assert_eq!(ids(&store), [(2, 3)]);
+        assert_eq!(store.enqueue(message(2)).wait().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn the_writer_logs_its_limits_in_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        let cfg = StoreConfig {
+            max_recipient_messages: 1,
+            checkpoint_idle: std::time::Duration::from_secs(3600),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&path, cfg.clone()).unwrap();
+        store.enqueue(message(1)).wait().unwrap();
+        assert!(matches!(
+            store.enqueue(message(2)).wait(),
+            Err(StoreError::QuotaExceeded { .. })
+        ));
+        let (records, _) = parse(&read(&path_for(&path)).unwrap(), 0).unwrap();
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.limits == Some(Limits::of(&cfg))));
+        assert_eq!(
+            records
+                .iter()
+                .flat_map(|r| r.ops.iter().map(|l| l.stored))
+                .collect::<Vec<_>>(),
+            [true, false]
+        );
+        store.close();
     }
 }

@@ -356,9 +356,14 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
             (cfg.wal && log.wal.len() < cfg.checkpoint_bytes)
                 || (log.wal.len() > 0
                     && batch.iter().all(|j| matches!(j.op, WriteOp::Ack { .. }))
-                    && log
-                        .wal
-                        .fits(wal::encode(gen_, batch.iter().map(|j| (&j.op, true))).len()))
+                    && log.wal.fits(
+                        wal::encode(
+                            gen_,
+                            Some(&wal::Limits::of(cfg)),
+                            batch.iter().map(|j| (&j.op, true)),
+                        )
+                        .len(),
+                    ))
         }
         _ => false,
     };
@@ -505,6 +510,7 @@ fn apply_all(
         Some((wal, gen_)) => {
             let record = wal::encode(
                 gen_,
+                Some(&wal::Limits::of(cfg)),
                 batch.iter().zip(&outcomes).map(|(j, o)| (&j.op, o.is_ok())),
             );
             let at = wal.len();
@@ -547,12 +553,15 @@ pub(crate) fn replay(
     records: &wal::Records,
     durability: Durability,
 ) -> Result<(), StoreError> {
-    let Some(&(last, _)) = records.last() else {
+    let Some(last) = records.last().map(|r| r.gen_) else {
         return Ok(());
     };
-    // Every operation is applied as it first was, under the limits of the moment. An enqueue
-    // answered as stored that they refuse (an operator lowered them before the restart) is
-    // applied again without quota checks: its sender was told it is safe.
+    // Every operation is applied as it first was, under the limits it was first applied under
+    // (those of the moment for a record from before the log carried them), so that it has the
+    // outcome it was answered with: a refused enqueue is not stored by raised limits, nor do
+    // the seqs after it move. An enqueue answered as stored that the limits refuse all the same
+    // (an old record, and limits lowered before the restart) is applied again without quota
+    // checks: its sender was told it is safe.
     let unlimited = StoreConfig {
         max_total_bytes: u64::MAX,
         max_recipient_bytes: u64::MAX,
@@ -562,11 +571,13 @@ pub(crate) fn replay(
     let mut txn = db.begin_write()?;
     txn.set_durability(durability)?;
     let mut ops = 0usize;
-    for (_, record) in records {
+    for record in records {
+        let then = record.limits.map(|l| l.applied_to(cfg));
+        let limits = then.as_ref().unwrap_or(cfg);
         let change = {
             let mut t = Tables::open(&txn, usage)?;
-            for logged in record {
-                let outcome = match apply(&mut t, cfg, &logged.op) {
+            for logged in &record.ops {
+                let outcome = match apply(&mut t, limits, &logged.op) {
                     Err(ApplyError::Refused(_)) if logged.stored => {
                         apply(&mut t, &unlimited, &logged.op)
                     }
