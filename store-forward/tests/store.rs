@@ -680,39 +680,42 @@ fn a_mailbox_row_behind_its_messages_does_not_stop_a_set() {
     assert_eq!(seqs(&s, &mailbox(9), T0), vec![1, 2, 3, 4]);
 }
 
-#[test]
-fn a_mailbox_row_at_the_last_seq_refuses_instead_of_wrapping() {
-    // Only a damaged row can be at the end of the seq space: its enqueues fail as corrupt
-    // (no panic, no seq 0), and the commits after them go on.
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+/// A store whose mailbox 10 holds one message and a damaged row: its last seq is the largest
+/// there is.
+fn mailbox_10_at_the_last_seq(dir: &tempfile::TempDir) -> Store {
+    let s = open(dir);
     s.enqueue(msg(mailbox(10), 1, b"p", T0, HOUR))
         .wait()
         .unwrap();
     s.close();
     set_last_seq(&dir.path().join("ferry.redb"), u64::MAX);
-    let s = open(&dir);
-    for batch in [false, true] {
-        let r = if batch {
-            s.enqueue_batch(vec![msg(mailbox(10), 2, b"p", T0, HOUR)])
-                .wait()
-                .map(|_| ())
-        } else {
-            s.enqueue(msg(mailbox(10), 3, b"p", T0, HOUR))
-                .wait()
-                .map(|_| ())
-        };
-        assert!(
-            matches!(
-                r,
-                Err(StoreError::Corrupt {
-                    table: "mailboxes",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-    }
+    open(dir)
+}
+
+fn assert_corrupt_mailbox<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+    assert!(
+        matches!(
+            r,
+            Err(StoreError::Corrupt {
+                table: "mailboxes",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_mailbox_row_at_the_last_seq_refuses_instead_of_wrapping() {
+    // Only a damaged row can be at the end of the seq space: its enqueues fail as corrupt
+    // (no panic, no seq 0), and the commits after them go on.
+    let dir = tempfile::tempdir().unwrap();
+    let s = mailbox_10_at_the_last_seq(&dir);
+    assert_corrupt_mailbox(
+        s.enqueue_batch(vec![msg(mailbox(10), 2, b"p", T0, HOUR)])
+            .wait(),
+    );
+    assert_corrupt_mailbox(s.enqueue(msg(mailbox(10), 3, b"p", T0, HOUR)).wait());
     assert_eq!(
         s.enqueue(msg(mailbox(11), 4, b"p", T0, HOUR))
             .wait()
@@ -728,13 +731,7 @@ fn a_damaged_row_fails_its_own_operation_not_the_commit_it_shared() {
     // The damaged mailbox's enqueue fails its group commit; the operations that shared it
     // are committed again one at a time, and only the damaged one is refused.
     let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
-    s.enqueue(msg(mailbox(10), 1, b"p", T0, HOUR))
-        .wait()
-        .unwrap();
-    s.close();
-    set_last_seq(&dir.path().join("ferry.redb"), u64::MAX);
-    let s = open(&dir);
+    let s = mailbox_10_at_the_last_seq(&dir);
     let mut sent = 0u64;
     let mut shared = false;
     for round in 0..20u64 {
@@ -750,17 +747,7 @@ fn a_damaged_row_fails_its_own_operation_not_the_commit_it_shared() {
             sent += 1;
             good.push(s.enqueue(msg(mailbox(11), 100 + sent, b"q", T0, HOUR)));
         }
-        let r = bad.unwrap().wait().map(|_| ());
-        assert!(
-            matches!(
-                r,
-                Err(StoreError::Corrupt {
-                    table: "mailboxes",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert_corrupt_mailbox(bad.unwrap().wait());
         for p in good {
             p.wait().unwrap();
         }
