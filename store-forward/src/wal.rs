@@ -75,6 +75,32 @@ impl Limits {
         }
     }
 
+    /// The fields in the order the log writes them.
+    fn fields(&self) -> [u64; 4] {
+        [
+            self.max_total_bytes,
+            self.max_recipient_messages,
+            self.max_recipient_bytes,
+            self.sweep_batch,
+        ]
+    }
+
+    fn from_fields(
+        [
+            max_total_bytes,
+            max_recipient_messages,
+            max_recipient_bytes,
+            sweep_batch,
+        ]: [u64; 4],
+    ) -> Self {
+        Self {
+            max_total_bytes,
+            max_recipient_messages,
+            max_recipient_bytes,
+            sweep_batch,
+        }
+    }
+
     /// `cfg` with these limits.
     pub(crate) fn applied_to(&self, cfg: &StoreConfig) -> StoreConfig {
         StoreConfig {
@@ -143,12 +169,7 @@ pub(crate) fn encode<'a>(
     let mut count = 0u32;
     if let Some(l) = limits {
         out.push(OP_LIMITS);
-        for v in [
-            l.max_total_bytes,
-            l.max_recipient_messages,
-            l.max_recipient_bytes,
-            l.sweep_batch,
-        ] {
+        for v in l.fields() {
             out.extend_from_slice(&v.to_le_bytes());
         }
         count += 1;
@@ -253,12 +274,11 @@ fn decode_body(gen_: u64, body: &[u8]) -> Result<Record, StoreError> {
         let tag = r.u8()?;
         let op = match tag {
             OP_LIMITS if i == 0 => {
-                limits = Some(Limits {
-                    max_total_bytes: r.u64()?,
-                    max_recipient_messages: r.u64()?,
-                    max_recipient_bytes: r.u64()?,
-                    sweep_batch: r.u64()?,
-                });
+                let mut fields = [0u64; 4];
+                for f in &mut fields {
+                    *f = r.u64()?;
+                }
+                limits = Some(Limits::from_fields(fields));
                 continue;
             }
             OP_LIMITS => return Err(bad("limits after operations")),
