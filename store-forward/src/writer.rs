@@ -1146,8 +1146,10 @@ impl<'t> Tables<'t> {
                     removed += 1;
                 }
             }
-            let end = run.first_seq.saturating_add(n as u64);
-            self.shrink_run(&run, |s| s < end)?;
+            // The last seq swept, inclusive: `first + n` would saturate at the end of the
+            // seq space and leave a run at `u64::MAX` due forever.
+            let last = run.first_seq.saturating_add((n as u64).saturating_sub(1));
+            self.shrink_run(&run, |s| s <= last)?;
         }
         let mut due_custody = Vec::new();
         for item in self.custody_expiry()?.range(schema::custody_due(now_ms))? {

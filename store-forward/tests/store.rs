@@ -727,6 +727,36 @@ fn a_mailbox_row_at_the_last_seq_refuses_instead_of_wrapping() {
 }
 
 #[test]
+fn a_message_at_the_last_seq_expires_and_leaves_nothing_due() {
+    // A damaged row put a mailbox one short of the end of the seq space, so its next message
+    // takes seq u64::MAX. Its expiry must take it out of the expiry index like any other:
+    // an entry left there would be due forever, and every sweep (once a minute) would commit
+    // to the flash for nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.enqueue(msg(mailbox(10), 1, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    s.close();
+    set_last_seq(&dir.path().join("ferry.redb"), u64::MAX - 1);
+    let s = open(&dir);
+    let last = s
+        .enqueue(msg(mailbox(10), 2, b"p", T0, HOUR))
+        .wait()
+        .unwrap();
+    assert_eq!(last.seq, u64::MAX);
+    assert_eq!(s.sweep(T0 + 2 * HOUR).wait().unwrap(), 2);
+    assert_eq!(s.stats().unwrap().oldest_enqueued_ms, None);
+    let commits = s.writer_stats().commits;
+    assert_eq!(s.sweep(T0 + 3 * HOUR).wait().unwrap(), 0);
+    assert_eq!(
+        s.writer_stats().commits,
+        commits,
+        "a sweep with nothing due committed"
+    );
+}
+
+#[test]
 fn a_damaged_row_fails_its_own_operation_not_the_commit_it_shared() {
     // The damaged mailbox's enqueue fails its group commit; the operations that shared it
     // are committed again one at a time, and only the damaged one is refused.
