@@ -90,10 +90,12 @@ impl Client {
         } else {
             SocketAddr::from(([0u8; 4], 0))
         };
-        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
-            addr: node.to_string(),
-            reason: e.to_string(),
-        })
+        crate::net::bind_udp(bind, crate::net::DEFAULT_RECV_BUFFER)
+            .and_then(|b| b.endpoint(quinn::EndpointConfig::default(), None))
+            .map_err(|e| ClientError::Connect {
+                addr: node.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     async fn resolve(node: &str) -> Result<SocketAddr, ClientError> {

@@ -27,6 +27,7 @@ pub mod identity;
 #[cfg(feature = "loadgen")]
 pub mod loadgen;
 pub mod message;
+pub mod net;
 pub mod seen;
 pub mod topic;
 pub mod trust;

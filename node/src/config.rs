@@ -114,6 +114,9 @@ pub struct FileConfig {
     pub max_ttl_secs: Option<u32>,
     /// Tokio worker threads (default: CPU count, at most 4).
     pub worker_threads: Option<usize>,
+    /// Receive buffer asked for each QUIC socket (client, federation), bytes; 0 keeps the
+    /// system default.
+    pub udp_receive_buffer_bytes: Option<usize>,
     /// Store limits.
     pub store: Option<StoreSection>,
     /// The mesh.
@@ -299,6 +302,10 @@ pub struct NodeConfig {
     pub log: String,
     /// Tokio worker threads (used by the binary).
     pub worker_threads: usize,
+    /// Receive buffer asked for each QUIC socket the node binds (the client listener, the
+    /// federation endpoint and, without iroh, the mesh's), bytes; 0 keeps the system
+    /// default. Linux's default (212,992 bytes) overflows under bursts from many clients.
+    pub udp_receive_buffer: usize,
 }
 
 /// The data directory used when none is configured: `./ferry-data`.
@@ -331,6 +338,7 @@ impl Default for NodeConfig {
             worker_threads: std::thread::available_parallelism()
                 .map(|n| n.get().min(4))
                 .unwrap_or(2),
+            udp_receive_buffer: ferry_client::net::DEFAULT_RECV_BUFFER,
         }
     }
 }
@@ -445,6 +453,9 @@ impl NodeConfig {
         if let Some(v) = f.worker_threads {
             self.worker_threads = v.max(1);
         }
+        if let Some(v) = f.udp_receive_buffer_bytes {
+            self.udp_receive_buffer = v;
+        }
         if let Some(s) = &f.store {
             if let Some(v) = s.max_total_bytes {
                 self.store.max_total_bytes = v;
@@ -533,6 +544,7 @@ mod tests {
             listen = "127.0.0.1:7000"
             rate_limit = 0
             max_ttl_secs = 3600
+            udp_receive_buffer_bytes = 0
             [store]
             max_total_bytes = 1000000
             wal = false
@@ -547,6 +559,11 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:7000");
         assert_eq!(c.rate_limit, 0);
         assert_eq!(c.max_ttl_secs, 3600);
+        assert_eq!(c.udp_receive_buffer, 0);
+        assert_eq!(
+            NodeConfig::default().udp_receive_buffer,
+            ferry_client::net::DEFAULT_RECV_BUFFER
+        );
         assert_eq!(c.store.max_total_bytes, 1_000_000);
         assert_eq!(c.default_ttl_secs, DEFAULT_TTL_SECS);
         let err = toml::from_str::<FileConfig>("listn = \"x\"")

@@ -34,6 +34,7 @@ mod ratelimit;
 mod rpc;
 mod server;
 mod state;
+mod udp_drops;
 
 pub use config::{FileConfig, MeshConfig, NodeConfig, Role, StaticPeer};
 pub use error::NodeError;

@@ -65,7 +65,9 @@ async fn bind(cfg: &NodeConfig, secret: [u8; 32]) -> Result<Arc<dyn Transport>, 
             .await
             .map(|t| Arc::new(t) as Arc<dyn Transport>);
         #[cfg(not(feature = "iroh"))]
-        let bound = driver::quic_transport::QuicTransport::bind(secret, addr)
+        let bound = crate::server::bind_udp("mesh", addr, cfg.udp_receive_buffer)
+            .map_err(|e| driver::TransportError::Bind(format!("{addr}: {e}")))
+            .and_then(|socket| driver::quic_transport::QuicTransport::bind_socket(secret, socket))
             .map(|t| Arc::new(t) as Arc<dyn Transport>);
         match bound {
             Ok(t) => return Ok(t),
@@ -93,7 +95,10 @@ fn bind_federation(cfg: &NodeConfig, secret: [u8; 32]) -> Result<QuicTransport, 
     };
     let mut last = None;
     for addr in listen_addrs("federation.listen", &listen)? {
-        match QuicTransport::bind(secret, addr) {
+        let bound = crate::server::bind_udp("federation", addr, cfg.udp_receive_buffer)
+            .map_err(|e| driver::TransportError::Bind(format!("{addr}: {e}")))
+            .and_then(|socket| QuicTransport::bind_socket(secret, socket));
+        match bound {
             Ok(t) => return Ok(t),
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "federation bind failed");

@@ -300,6 +300,20 @@ impl Collector for Scrape {
             "Seconds since the node started.",
             signed(self.metrics.started.elapsed().as_secs()),
         )?;
+        {
+            let m = ConstCounter::new(0u64);
+            let mut family = enc.encode_descriptor(
+                "udp_receive_drops",
+                "Datagrams the kernel dropped for a full receive buffer, by the node's UDP port.",
+                None,
+                m.metric_type(),
+            )?;
+            for (port, drops) in crate::udp_drops::by_port() {
+                let port = port.to_string();
+                ConstCounter::new(drops)
+                    .encode(family.encode_family(&[("port", port.as_str())])?)?;
+            }
+        }
         let w = self.store.writer_stats();
         let store_counters: [(&str, &str, u64); 10] = [
             (

@@ -114,10 +114,44 @@ fn server_config(cfg: &NodeConfig, c: cert::NodeCert) -> Result<quinn::ServerCon
     Ok(server)
 }
 
-fn bind_endpoint(listen: &str, server: quinn::ServerConfig) -> Result<quinn::Endpoint, NodeError> {
+/// Binds a UDP socket for the QUIC endpoint `what` with the configured receive buffer, and
+/// says what it got: at info, or as a warning when the system capped it.
+pub(crate) fn bind_udp(
+    what: &'static str,
+    addr: SocketAddr,
+    asked: usize,
+) -> std::io::Result<std::net::UdpSocket> {
+    let b = ferry_client::net::bind_udp(addr, asked)?;
+    if asked > 0 && b.capped(asked) {
+        tracing::warn!(
+            socket = what,
+            asked,
+            got = b.recv_buffer,
+            "UDP receive buffer capped by the system; bursts will be dropped and resent \
+             (raise net.core.rmem_max, or run with CAP_NET_ADMIN)"
+        );
+    } else {
+        tracing::info!(socket = what, bytes = b.recv_buffer, "UDP receive buffer");
+    }
+    Ok(b.socket)
+}
+
+fn bind_endpoint(
+    listen: &str,
+    server: quinn::ServerConfig,
+    recv_buffer: usize,
+) -> Result<quinn::Endpoint, NodeError> {
     let mut last = None;
     for addr in bind_addr(listen)? {
-        match quinn::Endpoint::server(server.clone(), addr) {
+        let bound = bind_udp("client", addr, recv_buffer).and_then(|socket| {
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server.clone()),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+        });
+        match bound {
             Ok(e) => return Ok(e),
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "bind failed");
@@ -159,7 +193,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         path: dir.clone(),
         source: std::io::Error::other("store open task failed"),
     })??;
-    let endpoint = bind_endpoint(&cfg.listen, server_config(&cfg, node_cert)?)?;
+    let server = server_config(&cfg, node_cert)?;
+    let endpoint =
+        node_span.in_scope(|| bind_endpoint(&cfg.listen, server, cfg.udp_receive_buffer))?;
     let local_addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
         addr: cfg.listen.clone(),
         source,

@@ -613,3 +613,45 @@ async fn pushes_are_coalesced_and_end_with_the_newest_seq() {
     );
     n.node.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_receive_buffer_is_counted_and_the_node_keeps_serving() {
+    // The smallest receive buffer there is (the kernel rounds 1 byte up to its minimum): a
+    // burst of datagrams overflows it, /metrics counts the drops on the node's port, and
+    // clients are still served.
+    let n = start_with(|c| {
+        c.metrics = Some("127.0.0.1:0".into());
+        c.udp_receive_buffer = 1;
+    })
+    .await;
+    let metrics = n.node.metrics_addr.unwrap();
+    let row = format!(
+        "udp_receive_drops_total{{port=\"{}\"}} ",
+        n.node.local_addr.port()
+    );
+    let drops = |m: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with(&row));
+        let line = line.unwrap_or_else(|| panic!("no {row} in\n{m}"));
+        line[row.len()..].trim().parse().unwrap()
+    };
+    assert_eq!(drops(&http_get(metrics, "/metrics").await), 0);
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let junk = [0u8; 1200];
+    let mut dropped = 0;
+    for _ in 0..50 {
+        // The node reads on this test's (single) thread, so nothing is read during a burst.
+        for _ in 0..100 {
+            let _ = sender.send_to(&junk, n.node.local_addr);
+        }
+        dropped = drops(&http_get(metrics, "/metrics").await);
+        if dropped > 0 {
+            break;
+        }
+    }
+    assert!(dropped > 0, "no drops counted");
+    let (a, _) = n.user().await;
+    let (_, bob) = n.user().await;
+    a.enqueue(&enqueue_req(&bob, b"still here", None))
+        .await
+        .unwrap();
+}

@@ -303,6 +303,19 @@ pub struct QuicTransport {
 impl QuicTransport {
     /// Binds on `addr` with the node's secret key.
     pub fn bind(secret: [u8; 32], addr: SocketAddr) -> Result<Self, TransportError> {
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|e| TransportError::Bind(format!("{addr}: {e}")))?;
+        Self::bind_socket(secret, socket)
+    }
+
+    /// Like [`QuicTransport::bind`], on a socket the caller bound (and sized) itself.
+    pub fn bind_socket(
+        secret: [u8; 32],
+        socket: std::net::UdpSocket,
+    ) -> Result<Self, TransportError> {
+        let addr = socket
+            .local_addr()
+            .map_err(|e| TransportError::Bind(e.to_string()))?;
         let me = NodeId::from_array(SigningKey::from_bytes(&secret).verifying_key().to_bytes());
         let key = raw_key(&secret);
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -314,8 +327,6 @@ impl QuicTransport {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport_config());
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(|e| TransportError::Bind(format!("{addr}: {e}")))?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config(&secret),
             Some(server),

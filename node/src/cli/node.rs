@@ -147,6 +147,7 @@ fn resolved(cfg: &NodeConfig) -> serde_json::Value {
         "default_ttl_secs": cfg.default_ttl_secs,
         "max_ttl_secs": cfg.max_ttl_secs,
         "worker_threads": cfg.worker_threads,
+        "udp_receive_buffer_bytes": cfg.udp_receive_buffer,
         "store": {
             "max_total_bytes": cfg.store.max_total_bytes,
             "max_recipient_messages": cfg.store.max_recipient_messages,
