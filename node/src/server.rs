@@ -9,6 +9,8 @@ use ferry_proto::limits::ALPN_QPQ;
 use ferry_proto::types::{Fingerprint, NodeId};
 use ferry_proto::{Method, Status};
 use ferry_store::Store;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use portable_atomic::Ordering;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -418,26 +420,31 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
     state.open_conns.fetch_add(1, Ordering::AcqRel);
     let conn = Arc::new(ConnState::new(id, quic.clone()));
     tracing::debug!("connected");
+    // The connection's streams are polled here, in its one task, not each in a task of its
+    // own. When a group commit answers many of its requests at once, they all write their
+    // answers in one poll of this task, and quinn's driver (woken by the first write) runs
+    // after it: one packet carries them all. With a task per stream, tokio ran the woken
+    // driver right after each answer's task (its LIFO slot), and every answer took a packet
+    // of its own (docs/benchmarks.md, "One packet per answer").
+    let mut streams = FuturesUnordered::new();
     loop {
-        match quic.accept_bi().await {
-            Ok((send, recv)) => {
-                conn.stream_opened(state.cfg.max_streams_per_connection);
-                let state = Arc::clone(&state);
-                let conn = Arc::clone(&conn);
-                tokio::spawn(
-                    async move {
-                        handle_stream(&state, &conn, send, recv).await;
-                        conn.stream_closed();
-                    }
-                    .in_current_span(),
-                );
-            }
-            Err(e) => {
-                tracing::debug!(reason = %e, "connection closed");
-                break;
-            }
+        tokio::select! {
+            accepted = quic.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    conn.stream_opened(state.cfg.max_streams_per_connection);
+                    streams.push(serve_stream(Arc::clone(&state), Arc::clone(&conn), send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "connection closed");
+                    break;
+                }
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
         }
     }
+    // Requests still in flight finish (their store operations complete and their permits are
+    // returned) even though their answers can no longer be sent.
+    while streams.next().await.is_some() {}
     if let Some(identity) = conn.identity() {
         state.unregister(&identity, conn.id);
         if let Some(mesh) = &state.mesh {
@@ -450,6 +457,17 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
         .c
         .open_connections
         .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// One request stream, start to end.
+async fn serve_stream(
+    state: Arc<State>,
+    conn: Arc<ConnState>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    handle_stream(&state, &conn, send, recv).await;
+    conn.stream_closed();
 }
 
 async fn respond(send: &mut quinn::SendStream, request_id: u32, reply: &Reply) {

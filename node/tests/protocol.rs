@@ -655,3 +655,22 @@ async fn a_full_receive_buffer_is_counted_and_the_node_keeps_serving() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_one_commit_gives_share_packets() {
+    // 64 Enqueues in flight on one connection (what a qpq client sending one Enqueue per
+    // message does), answered by a few group commits: the node's answers travel a few to a
+    // packet, not a packet each. Two workers, like a router: with a task per stream, tokio
+    // ran quinn's driver after each answer and the client got 64 datagrams or more.
+    let n = start().await;
+    let (a, _) = n.user().await;
+    let (_, bob) = n.user().await;
+    let reqs: Vec<pb::EnqueueRequest> = (0..64)
+        .map(|i| enqueue_req(&bob, format!("m{i}").as_bytes(), None))
+        .collect();
+    let before = a.connection().stats().udp_rx.datagrams;
+    let answers = futures::future::join_all(reqs.iter().map(|r| a.enqueue(r))).await;
+    let got = a.connection().stats().udp_rx.datagrams - before;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert!(got <= 40, "{got} datagrams for 64 answers");
+}
