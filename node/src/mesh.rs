@@ -67,7 +67,7 @@ async fn bind(cfg: &NodeConfig, secret: [u8; 32]) -> Result<Arc<dyn Transport>, 
         #[cfg(not(feature = "iroh"))]
         let bound = crate::server::bind_udp("mesh", addr, cfg.udp_receive_buffer)
             .map_err(|e| driver::TransportError::Bind(format!("{addr}: {e}")))
-            .and_then(|socket| driver::quic_transport::QuicTransport::bind_socket(secret, socket))
+            .and_then(|b| driver::quic_transport::QuicTransport::bind_socket(secret, b.socket))
             .map(|t| Arc::new(t) as Arc<dyn Transport>);
         match bound {
             Ok(t) => return Ok(t),
@@ -97,7 +97,7 @@ fn bind_federation(cfg: &NodeConfig, secret: [u8; 32]) -> Result<QuicTransport, 
     for addr in listen_addrs("federation.listen", &listen)? {
         let bound = crate::server::bind_udp("federation", addr, cfg.udp_receive_buffer)
             .map_err(|e| driver::TransportError::Bind(format!("{addr}: {e}")))
-            .and_then(|socket| QuicTransport::bind_socket(secret, socket));
+            .and_then(|b| QuicTransport::bind_socket(secret, b.socket));
         match bound {
             Ok(t) => return Ok(t),
             Err(e) => {
