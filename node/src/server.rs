@@ -420,7 +420,8 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
     // answers in one poll of this task, and quinn's driver (woken by the first write) runs
     // after it: one packet carries them all. With a task per stream, tokio ran the woken
     // driver right after each answer's task (its LIFO slot), and every answer took a packet
-    // of its own (docs/benchmarks.md, "One packet per answer").
+    // of its own (docs/benchmarks.md, "one packet per answer no more").
+    //
     // Boxed: the set keeps a stub of its future type, which unboxed would be a whole request
     // future per connection (3.3 MiB over 1,000 idle connections).
     let mut streams: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();

@@ -657,7 +657,7 @@ async fn a_full_receive_buffer_is_counted_and_the_node_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_one_commit_gives_share_packets() {
+async fn answers_released_by_one_commit_share_packets() {
     // 64 Enqueues in flight on one connection (what a qpq client sending one Enqueue per
     // message does), answered by a few group commits: the node's answers travel a few to a
     // packet, not a packet each. Two workers, like a router: with a task per stream, tokio
