@@ -2,6 +2,7 @@
 //! at the boundary. Every list a peer sends is bounded here.
 
 use ferry_proto::ProtoError;
+use ferry_proto::bounded::RepeatedLimit;
 use ferry_proto::limits::{MAX_BROADCAST_PAYLOAD, MAX_MESSAGE_LEN, TOPIC_LEN};
 use ferry_proto::mesh::v1 as pb;
 use ferry_proto::types::{
@@ -535,8 +536,59 @@ impl From<LinkMsg> for pb::LinkMessage {
     }
 }
 
+/// The repeated fields of a link message, counted before it is decoded (a frame of empty
+/// entries would otherwise cost a hundred times its size before the checks below refuse it).
+const LIMITS: &[RepeatedLimit] = &[
+    RepeatedLimit {
+        path: &[2, 1],
+        max: MAX_ROUTES_PER_UPDATE,
+        field: "routes",
+    },
+    RepeatedLimit {
+        path: &[4, 1],
+        max: MAX_PRESENCE_PER_BATCH,
+        field: "claims",
+    },
+    RepeatedLimit {
+        path: &[5, 1],
+        max: MAX_PRESENCE_STAMPS,
+        field: "stamps",
+    },
+    RepeatedLimit {
+        path: &[6, 1],
+        max: MAX_PRESENCE_STAMPS,
+        field: "user_keys",
+    },
+    RepeatedLimit {
+        path: &[7, 1],
+        max: MAX_DIGESTS,
+        field: "digests",
+    },
+    RepeatedLimit {
+        path: &[8, 1],
+        max: MAX_DIGESTS,
+        field: "digests",
+    },
+    RepeatedLimit {
+        path: &[10, 1],
+        max: MAX_DIGESTS,
+        field: "entries",
+    },
+    RepeatedLimit {
+        path: &[11, 1],
+        max: MAX_PEERS_PER_EXCHANGE,
+        field: "peers",
+    },
+    RepeatedLimit {
+        path: &[11, 1, 2],
+        max: MAX_PEERS_PER_EXCHANGE * MAX_ADDRS_PER_PEER,
+        field: "addrs",
+    },
+];
+
 /// Decodes a link frame's protobuf into a validated message.
 pub fn decode(buf: &[u8]) -> Result<LinkMsg, ProtoError> {
+    ferry_proto::bounded::check(buf, LIMITS)?;
     LinkMsg::try_from(ferry_proto::decode_message::<pb::LinkMessage>(buf)?)
 }
 

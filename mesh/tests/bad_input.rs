@@ -46,6 +46,40 @@ fn garbage_drops_and_penalises_the_peer_and_the_node_keeps_serving() {
 }
 
 #[test]
+fn lists_of_empty_entries_are_refused_before_they_are_decoded() {
+    // A frame of 2,000,000 empty route entries (4 MB on the wire) inside one RouteUpdate
+    // (LinkMessage field 2): counted and refused, not decoded into 2,000,000 structs first.
+    let entries = [0x0a, 0x00].repeat(2_000_000);
+    let mut frame = vec![0x12];
+    let mut len = entries.len();
+    while len >= 0x80 {
+        frame.push(u8::try_from(len & 0x7f).unwrap() | 0x80);
+        len >>= 7;
+    }
+    frame.push(u8::try_from(len).unwrap());
+    frame.extend_from_slice(&entries);
+    let e = wire::decode(&frame).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("routes has 2000000 entries, at most 4096"),
+        "{e}"
+    );
+    // Peer addresses count over all the peers of an exchange (LinkMessage field 11).
+    let peer = [0x12, 0x00].repeat(9); // one PeerRecord with nine empty addresses
+    let mut px = Vec::new();
+    for _ in 0..64 {
+        px.push(0x0a);
+        px.push(u8::try_from(peer.len()).unwrap());
+        px.extend_from_slice(&peer);
+    }
+    let mut frame = vec![0x5a, 0x80 | u8::try_from(px.len() & 0x7f).unwrap()];
+    frame.push(u8::try_from(px.len() >> 7).unwrap());
+    frame.extend_from_slice(&px);
+    let e = wire::decode(&frame).unwrap_err();
+    assert!(e.to_string().contains("addrs has 576 entries"), "{e}");
+}
+
+#[test]
 fn presence_signed_by_the_wrong_key_is_refused() {
     let mut m = node(|_| {}, &[EVIL]);
     let alice = user(10);

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use ferry_mesh::driver::MeshHandle;
+use ferry_proto::limits::MAX_RELAY_BATCH;
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{Enqueue, Fingerprint, HybridKeyLookup, IdentityKey, NodeId};
 use ferry_proto::{Method, Status};
@@ -17,9 +18,6 @@ use crate::config::Role;
 use crate::metrics::inc;
 use crate::rpc::{Reply, decode, new_message, store_error, to_mesh, tri, tri_reply};
 use crate::state::State;
-
-/// Messages in one RelayBatchEnqueue at most.
-pub(crate) const MAX_RELAY_BATCH: usize = 256;
 
 /// Answers a federation method for the authenticated identity `me`.
 pub(crate) async fn dispatch(

@@ -15,7 +15,7 @@ use ferry_proto::types::{
     HybridKeyLookup, HybridPublicKey, IdentityKey, MailboxAddr, MailboxRead, MessageId, NodeId,
     SessionToken, UploadHybridKey, resolve_ttl,
 };
-use ferry_proto::{Method, ProtoError, PushEvent, Status, decode_message};
+use ferry_proto::{Bounded, Method, ProtoError, PushEvent, Status, decode_bounded};
 use ferry_store::{BundleRecord, CustodyOutcome, NewMessage, StoreError, StoredMessage};
 use prost::Message;
 
@@ -78,7 +78,9 @@ impl Reply {
 impl From<ProtoError> for Reply {
     fn from(e: ProtoError) -> Self {
         let status = match e.innermost() {
-            ProtoError::PayloadTooLarge { .. } => Status::PayloadTooLarge,
+            ProtoError::PayloadTooLarge { .. } | ProtoError::BatchTooLarge { .. } => {
+                Status::PayloadTooLarge
+            }
             _ => Status::BadRequest,
         };
         Reply::err(status, e.to_string())
@@ -141,8 +143,10 @@ macro_rules! store {
     };
 }
 
-pub(crate) fn decode<M: Message + Default>(payload: &[u8]) -> Result<M, ProtoError> {
-    decode_message(payload)
+/// Decodes a request; repeated fields are counted against their limits first (see
+/// [`ferry_proto::bounded`]), so a request costs memory in proportion to what it may hold.
+pub(crate) fn decode<M: Bounded>(payload: &[u8]) -> Result<M, ProtoError> {
+    decode_bounded(payload)
 }
 
 fn random<const N: usize>() -> Option<[u8; N]> {

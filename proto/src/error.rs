@@ -68,6 +68,22 @@ pub enum ProtoError {
         /// Count received.
         got: usize,
     },
+    /// A BatchEnqueue whose payload, stored once per recipient, adds up to more than one
+    /// request may store.
+    #[error(
+        "{recipients} recipients x {payload} bytes = {total} bytes to store, more than the \
+         {max} bytes one BatchEnqueue may store; send fewer recipients per request"
+    )]
+    BatchTooLarge {
+        /// Recipients in the request.
+        recipients: usize,
+        /// Payload bytes.
+        payload: usize,
+        /// What storing it for every recipient takes.
+        total: u64,
+        /// The limit ([`crate::limits::MAX_BATCH_STORED_BYTES`]).
+        max: u64,
+    },
     /// A TTL above what this node keeps.
     #[error("ttl_secs {got} exceeds this node's maximum of {max} seconds")]
     TtlTooLong {

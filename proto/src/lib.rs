@@ -21,6 +21,7 @@
     )
 )]
 
+pub mod bounded;
 mod error;
 pub mod frame;
 #[doc(hidden)]
@@ -31,6 +32,7 @@ pub mod status;
 pub mod transcript;
 pub mod types;
 
+pub use bounded::{Bounded, decode_bounded};
 pub use error::ProtoError;
 pub use method::{Method, PushEvent};
 pub use status::Status;

@@ -42,8 +42,14 @@ pub const FINGERPRINT_LEN: usize = 32;
 pub const MAX_MESSAGE_LEN: usize = MAX_PAYLOAD - 1024;
 /// Recipients of one BatchEnqueue.
 pub const MAX_BATCH_RECIPIENTS: usize = 256;
+/// Bytes one BatchEnqueue may store: its payload once per recipient. A node holds what it
+/// stores in memory while it commits, so one request costs about its own size (a frame is
+/// at most [`MAX_PAYLOAD`]), not up to 256 times that.
+pub const MAX_BATCH_STORED_BYTES: usize = MAX_PAYLOAD;
 /// Messages of one EnqueueMany (Ferry, 812).
 pub const MAX_ENQUEUE_MANY: usize = 256;
+/// Messages of one RelayBatchEnqueue (901).
+pub const MAX_RELAY_BATCH: usize = 256;
 /// Keys of one FetchHybridKeys.
 pub const MAX_KEYS_PER_FETCH: usize = 256;
 /// Envelopes returned by one Fetch/Peek/FetchWait when the request says 0.

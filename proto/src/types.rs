@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use crate::ProtoError;
 use crate::limits::{
     CHANNEL_ID_LEN, DEFAULT_FETCH_LIMIT, FINGERPRINT_LEN, HYBRID_PUBLIC_KEY_LEN, IDENTITY_KEY_LEN,
-    MAX_BATCH_RECIPIENTS, MAX_DEVICE_ID_LEN, MAX_ENQUEUE_MANY, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS,
-    MAX_KEYS_PER_FETCH, MAX_MESSAGE_LEN, MESSAGE_ID_LEN, MLKEM768_EK_LEN, NONCE_LEN,
-    SESSION_TOKEN_LEN, SIGNATURE_LEN, X25519_PUBLIC_LEN,
+    MAX_BATCH_RECIPIENTS, MAX_BATCH_STORED_BYTES, MAX_DEVICE_ID_LEN, MAX_ENQUEUE_MANY,
+    MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS, MAX_KEYS_PER_FETCH, MAX_MESSAGE_LEN, MESSAGE_ID_LEN,
+    MLKEM768_EK_LEN, NONCE_LEN, SESSION_TOKEN_LEN, SIGNATURE_LEN, X25519_PUBLIC_LEN,
 };
 use crate::qpq::v1 as pb;
 
@@ -640,6 +640,15 @@ impl TryFrom<pb::BatchEnqueueRequest> for BatchEnqueue {
                 field: "recipient_keys",
                 max: MAX_BATCH_RECIPIENTS,
                 got: r.recipient_keys.len(),
+            });
+        }
+        let total = (r.payload.len() as u64).saturating_mul(r.recipient_keys.len() as u64);
+        if total > MAX_BATCH_STORED_BYTES as u64 {
+            return Err(ProtoError::BatchTooLarge {
+                recipients: r.recipient_keys.len(),
+                payload: r.payload.len(),
+                total,
+                max: MAX_BATCH_STORED_BYTES as u64,
             });
         }
         let recipients = r
