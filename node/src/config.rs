@@ -108,6 +108,19 @@ pub struct FileConfig {
     pub drain_timeout_secs: Option<u64>,
     /// Request body bytes buffered at once over all connections.
     pub max_request_bytes_in_flight: Option<usize>,
+    /// Answer bytes waiting to be read by clients at once over all connections.
+    pub max_response_bytes_in_flight: Option<usize>,
+    /// Simultaneous connections from one client address at most.
+    pub max_connections_per_address: Option<usize>,
+    /// New connections per second from one client address (burst twice that); 0 = off.
+    pub connection_rate: Option<u32>,
+    /// Seconds a connection may stay unauthenticated.
+    pub auth_timeout_secs: Option<u64>,
+    /// Seconds an answer may wait for the client to take any of it before the connection is
+    /// closed.
+    pub answer_timeout_secs: Option<u64>,
+    /// Long polls (FetchWait, BroadcastFetch) waiting at once over all connections.
+    pub max_long_polls: Option<usize>,
     /// TTL for messages that ask for the default (`ttl_secs = 0`).
     pub default_ttl_secs: Option<u32>,
     /// Longest TTL accepted.
@@ -271,6 +284,20 @@ pub struct NodeConfig {
     pub rate_burst: u32,
     /// Simultaneous connections at most.
     pub max_connections: usize,
+    /// Simultaneous connections from one client address at most.
+    pub max_connections_per_address: usize,
+    /// New connections per second from one client address (handshakes; burst twice that);
+    /// 0 = unlimited.
+    pub connection_rate: u32,
+    /// How long a connection may stay unauthenticated (Health and the auth methods only)
+    /// before it is closed.
+    pub auth_timeout: Duration,
+    /// How long an answer may wait for the client's QUIC stack to take any of it (to grant
+    /// flow-control credit) before the connection is closed: the client does not read.
+    pub answer_timeout: Duration,
+    /// Long polls (FetchWait, BroadcastFetch) waiting at once in the whole node; each address
+    /// may hold a quarter, each connection [`crate::conn::MAX_LONG_POLLS`].
+    pub max_long_polls: usize,
     /// Concurrent RPC streams per connection at most.
     pub max_streams_per_connection: u32,
     /// Concurrent RPCs in the whole node at most (beyond that, streams wait).
@@ -279,6 +306,11 @@ pub struct NodeConfig {
     /// its declared length from this budget before its body is read, so slow or malicious
     /// senders cannot make the node buffer more than this.
     pub max_request_bytes_in_flight: usize,
+    /// Answer bytes the node holds for clients at once, over all connections (from the read
+    /// until the client's QUIC stack took them). Each address may hold a quarter (at least one
+    /// largest answer); a read waits for room, so clients that do not read cannot make the
+    /// node hold more than this.
+    pub max_response_bytes_in_flight: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// TTL applied to `ttl_secs = 0`.
@@ -322,9 +354,15 @@ impl Default for NodeConfig {
             rate_limit: 50,
             rate_burst: 100,
             max_connections: 4096,
+            max_connections_per_address: 64,
+            connection_rate: 10,
+            auth_timeout: Duration::from_secs(20),
+            answer_timeout: Duration::from_secs(20),
+            max_long_polls: 1024,
             max_streams_per_connection: 64,
             max_inflight_requests: 4096,
             max_request_bytes_in_flight: 32 * 1024 * 1024,
+            max_response_bytes_in_flight: 16 * 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
             default_ttl_secs: DEFAULT_TTL_SECS,
             max_ttl_secs: DEFAULT_MAX_TTL_SECS,
@@ -389,6 +427,33 @@ impl NodeConfig {
         }
         if let Some(v) = f.max_request_bytes_in_flight {
             self.max_request_bytes_in_flight = v;
+        }
+        if let Some(v) = f.max_response_bytes_in_flight {
+            self.max_response_bytes_in_flight = v;
+        }
+        if let Some(v) = f.max_connections_per_address {
+            if v == 0 {
+                return Err("max_connections_per_address must be at least 1".into());
+            }
+            self.max_connections_per_address = v;
+        }
+        if let Some(v) = f.connection_rate {
+            self.connection_rate = v;
+        }
+        if let Some(v) = f.auth_timeout_secs {
+            if v == 0 {
+                return Err("auth_timeout_secs must be at least 1".into());
+            }
+            self.auth_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = f.answer_timeout_secs {
+            if v == 0 {
+                return Err("answer_timeout_secs must be at least 1".into());
+            }
+            self.answer_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = f.max_long_polls {
+            self.max_long_polls = v;
         }
         if let Some(v) = f.default_ttl_secs {
             self.default_ttl_secs = v;

@@ -18,6 +18,9 @@ pub(crate) const MAX_PUSHES_IN_FLIGHT: usize = 32;
 /// for every stream it permits, so idle clients get a small window; a connection that uses
 /// three quarters of it is raised to the configured maximum (see [`ConnState::stream_opened`]).
 pub(crate) const INITIAL_STREAMS: u32 = 16;
+/// Long polls (FetchWait, BroadcastFetch) one connection may have waiting at once; a client
+/// follows a few mailboxes and topics, not dozens.
+pub(crate) const MAX_LONG_POLLS: u32 = 8;
 
 #[derive(Debug, Default)]
 struct Auth {
@@ -61,6 +64,7 @@ pub(crate) struct ConnState {
     pushes: Mutex<Pushes>,
     streams: AtomicU32,
     raised: portable_atomic::AtomicBool,
+    long_polls: AtomicU32,
 }
 
 impl ConnState {
@@ -74,6 +78,7 @@ impl ConnState {
             pushes: Mutex::new(Pushes::default()),
             streams: AtomicU32::new(0),
             raised: portable_atomic::AtomicBool::new(false),
+            long_polls: AtomicU32::new(0),
         }
     }
 
@@ -87,6 +92,20 @@ impl ConnState {
         {
             self.quic.set_max_concurrent_bi_streams(max.into());
         }
+    }
+
+    /// Takes one of the connection's long-poll slots; false when all are taken.
+    pub(crate) fn enter_long_poll(&self) -> bool {
+        self.long_polls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LONG_POLLS).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a long-poll slot back.
+    pub(crate) fn leave_long_poll(&self) {
+        self.long_polls.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Counts a finished request stream.

@@ -22,6 +22,7 @@
 #[cfg(unix)]
 pub mod admin;
 mod auth;
+mod budget;
 mod cert;
 pub mod config;
 mod conn;

@@ -46,6 +46,62 @@ pub(crate) struct Counters {
     pub(crate) federation_relay_refused_quota: AtomicU64,
 }
 
+/// A bound on what clients may hold (see `budget.rs` and docs/limits.md); each refusal is
+/// counted in `limit_refused_total{limit}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// A new connection from an address that has `max_connections_per_address` open.
+    ConnectionsPerAddress,
+    /// A new connection from an address over its `connection_rate`.
+    ConnectionRate,
+    /// A connection closed for not authenticating within `auth_timeout_secs`.
+    AuthTimeout,
+    /// A request from an address with its share of the requests in flight.
+    RequestsPerAddress,
+    /// A long poll over the node's, the address's or the connection's count.
+    LongPolls,
+    /// A request body past its address's share of the body pool.
+    BodyBytesPerAddress,
+    /// A request body that stopped arriving.
+    BodyStalled,
+    /// An answer past its address's share of the answer pool.
+    AnswerBytesPerAddress,
+    /// An answer the node-wide pools could not take in time.
+    Busy,
+    /// A connection closed for not reading its answers.
+    AnswerStalled,
+}
+
+impl Limit {
+    pub(crate) const ALL: [Limit; 10] = [
+        Limit::ConnectionsPerAddress,
+        Limit::ConnectionRate,
+        Limit::AuthTimeout,
+        Limit::RequestsPerAddress,
+        Limit::LongPolls,
+        Limit::BodyBytesPerAddress,
+        Limit::BodyStalled,
+        Limit::AnswerBytesPerAddress,
+        Limit::Busy,
+        Limit::AnswerStalled,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Limit::ConnectionsPerAddress => "connections_per_address",
+            Limit::ConnectionRate => "connection_rate",
+            Limit::AuthTimeout => "auth_timeout",
+            Limit::RequestsPerAddress => "requests_per_address",
+            Limit::LongPolls => "long_polls",
+            Limit::BodyBytesPerAddress => "body_bytes_per_address",
+            Limit::BodyStalled => "body_stalled",
+            Limit::AnswerBytesPerAddress => "answer_bytes_per_address",
+            Limit::Busy => "busy",
+            Limit::AnswerStalled => "answer_stalled",
+        }
+    }
+}
+
 pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -99,6 +155,7 @@ impl Requests {
 pub(crate) struct Metrics {
     pub(crate) c: Counters,
     requests: Requests,
+    refused: [AtomicU64; Limit::ALL.len()],
     commit_seconds: Histogram,
     commit_ops: Histogram,
     started: Instant,
@@ -109,12 +166,31 @@ impl Metrics {
         Arc::new(Self {
             c: Counters::default(),
             requests: Requests::new(),
+            refused: Default::default(),
             // 50 µs .. ~3.3 s
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             // 1 .. 4096 operations
             commit_ops: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             started: Instant::now(),
         })
+    }
+
+    /// Counts a refusal by one of the bounds on what clients may hold.
+    pub(crate) fn refused(&self, limit: Limit) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit)
+            && let Some(c) = self.refused.get(i)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals so far by `limit`.
+    pub(crate) fn refusals(&self, limit: Limit) -> u64 {
+        Limit::ALL
+            .iter()
+            .position(|l| *l == limit)
+            .and_then(|i| self.refused.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts one answered request. `malformed`: no method could be read from the frame.
@@ -201,6 +277,19 @@ impl Collector for Scrape {
                     ("status", status),
                 ];
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let m = ConstCounter::new(0u64);
+            let mut family = enc.encode_descriptor(
+                "limit_refused",
+                "Connections closed and requests refused by a bound on what one client may hold (docs/limits.md).",
+                None,
+                m.metric_type(),
+            )?;
+            for limit in Limit::ALL {
+                ConstCounter::new(self.metrics.refusals(limit))
+                    .encode(family.encode_family(&[("limit", limit.name())])?)?;
             }
         }
         let counters: [(&str, &str, &AtomicU64); 20] = [

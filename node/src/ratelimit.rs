@@ -24,6 +24,20 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `ip` has a token now (without taking it).
+    pub(crate) fn has_token(&self, ip: IpAddr, now: Instant) -> bool {
+        let Ok(map) = self.buckets.lock() else {
+            return true;
+        };
+        match map.get(&ip) {
+            Some((tokens, last)) => {
+                let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+                (*tokens + elapsed * self.rate).min(self.burst) >= 1.0
+            }
+            None => map.len() < self.cap || self.burst >= 1.0,
+        }
+    }
+
     /// Takes one token for `ip`, or says how long until one is available.
     pub(crate) fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let Ok(mut map) = self.buckets.lock() else {

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use ferry_mesh::core::BroadcastDropped;
 use ferry_mesh::driver::{MeshError, MeshHandle};
 use ferry_mesh::wire::Claim;
-use ferry_proto::limits::{MAX_BROADCAST_PAYLOAD, MAX_PAYLOAD, NONCE_LEN, TOPIC_LEN};
+use ferry_proto::frame::ResponseHeader;
+use ferry_proto::limits::{
+    MAX_BROADCAST_PAYLOAD, MAX_PAYLOAD, NONCE_LEN, RESPONSE_HEADER_LEN, TOPIC_LEN,
+};
 use ferry_proto::qpq::v1 as pb;
 use ferry_proto::types::{
     Ack, AuthProof, BatchEnqueue, DeviceId, Enqueue, EnqueueMany, FetchHybridKeys, FetchWait,
@@ -20,26 +23,34 @@ use ferry_store::{BundleRecord, CustodyOutcome, NewMessage, StoreError, StoredMe
 use prost::Message;
 
 use crate::auth::{self, CHALLENGE_TTL};
+use crate::budget::{BytePool, Held, Refusal};
 use crate::conn::{ConnState, PushDecision};
-use crate::metrics::{add, inc};
+use crate::metrics::{Limit, add, inc};
 use crate::state::{SESSION_TTL, State};
 
-/// Payload bytes of envelopes in one response at most: the frame limit minus room for the
-/// per-envelope fields of up to `MAX_FETCH_LIMIT` envelopes.
-const MAX_RESPONSE_PAYLOAD: usize = MAX_PAYLOAD - 128 * 1024;
-
-/// An answer: a status and its protobuf payload.
+/// An answer: a status and its protobuf payload, encoded behind room for the frame header so
+/// that the frame goes out without another copy. A read's answer also holds its bytes of the
+/// node's answer pool until QUIC has them acknowledged.
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub(crate) status: Status,
-    pub(crate) body: Vec<u8>,
+    frame: Vec<u8>,
+    hold: Option<Held>,
 }
 
 impl Reply {
     pub(crate) fn ok(msg: &impl Message) -> Self {
+        Self::encoded(Status::Ok, msg)
+    }
+
+    fn encoded(status: Status, msg: &impl Message) -> Self {
+        let mut frame = Vec::with_capacity(RESPONSE_HEADER_LEN + msg.encoded_len());
+        frame.resize(RESPONSE_HEADER_LEN, 0);
+        msg.encode_raw(&mut frame);
         Self {
-            status: Status::Ok,
-            body: msg.encode_to_vec(),
+            status,
+            frame,
+            hold: None,
         }
     }
 
@@ -48,27 +59,54 @@ impl Reply {
     }
 
     pub(crate) fn retry(status: Status, message: impl Into<String>, after: Duration) -> Self {
-        Self {
+        Self::encoded(
             status,
-            body: pb::Error {
+            &pb::Error {
                 message: message.into(),
                 retry_after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-            }
-            .encode_to_vec(),
-        }
+            },
+        )
     }
-}
 
-impl Reply {
+    /// The protobuf payload.
+    pub(crate) fn body(&self) -> &[u8] {
+        self.frame.get(RESPONSE_HEADER_LEN..).unwrap_or_default()
+    }
+
+    /// The whole frame's length.
+    pub(crate) fn frame_len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// The response frame for `request_id`, and what it holds of the answer pool. A payload
+    /// over the frame limit (a bug: reads are bounded below it) becomes an Internal error.
+    pub(crate) fn into_frame(mut self, request_id: u32) -> (Vec<u8>, Option<Held>) {
+        let len = self.frame.len() - RESPONSE_HEADER_LEN;
+        let Ok(declared_len) = u32::try_from(len)
+            .map_err(drop)
+            .and_then(|l| if len <= MAX_PAYLOAD { Ok(l) } else { Err(()) })
+        else {
+            tracing::error!(len, "answer over the frame limit");
+            return Reply::err(Status::Internal, "answer too large").into_frame(request_id);
+        };
+        let header = ResponseHeader {
+            status: self.status as u8,
+            request_id,
+            declared_len,
+        }
+        .to_bytes();
+        if let Some(h) = self.frame.get_mut(..RESPONSE_HEADER_LEN) {
+            h.copy_from_slice(&header);
+        }
+        (self.frame, self.hold.take())
+    }
+
     /// Prefixes the error message with `ctx` (which item of a batch failed, say).
     pub(crate) fn context(self, ctx: &str) -> Self {
-        match pb::Error::decode(self.body.as_slice()) {
+        match pb::Error::decode(self.body()) {
             Ok(mut e) if self.status != Status::Ok => {
                 e.message = format!("{ctx}: {}", e.message);
-                Self {
-                    status: self.status,
-                    body: e.encode_to_vec(),
-                }
+                Self::encoded(self.status, &e)
             }
             _ => self,
         }
@@ -197,16 +235,16 @@ pub(crate) async fn dispatch(
         Method::Enqueue => enqueue(state, me, payload).await,
         Method::BatchEnqueue => batch_enqueue(state, me, payload).await,
         Method::EnqueueMany => enqueue_many(state, me, payload).await,
-        Method::Fetch => fetch(state, conn, me, payload),
+        Method::Fetch => fetch(state, conn, me, payload).await,
         Method::FetchWait => fetch_wait(state, conn, me, payload).await,
-        Method::Peek => peek(state, me, payload),
+        Method::Peek => peek(state, conn, me, payload).await,
         Method::Ack => ack(state, me, payload).await,
         Method::UploadHybridKey => upload_hybrid_key(state, me, payload).await,
         Method::FetchHybridKey => fetch_hybrid_key(state, payload),
         Method::FetchHybridKeys => fetch_hybrid_keys(state, payload),
         Method::Attach => attach(state, me, payload).await,
         Method::BroadcastPublish => broadcast_publish(state, payload),
-        Method::BroadcastFetch => broadcast_fetch(state, payload).await,
+        Method::BroadcastFetch => broadcast_fetch(state, conn, payload).await,
         Method::RelayEnqueue
         | Method::RelayBatchEnqueue
         | Method::ProxyFetchKeyPackage
@@ -220,18 +258,20 @@ pub(crate) async fn dispatch(
     }
 }
 
+/// Health (802). `status` is `ok`, `draining` (shutting down), or `unavailable` while the
+/// store cannot be read (its queue depth is then unknown and given as 0), as `/healthz`.
 fn health(state: &State) -> Reply {
-    let depth = state.store.depth().unwrap_or(0);
+    let depth = state.store.depth();
+    let status = match &depth {
+        _ if state.is_draining() => "draining",
+        Err(_) => "unavailable",
+        Ok(_) => "ok",
+    };
     Reply::ok(&pb::HealthResponse {
-        status: if state.is_draining() {
-            "draining"
-        } else {
-            "ok"
-        }
-        .into(),
+        status: status.into(),
         uptime_secs: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
-        queue_depth: depth,
+        queue_depth: depth.unwrap_or(0),
         node_id: state.node_id.clone(),
         mesh_node_id: state
             .mesh
@@ -649,34 +689,150 @@ fn owner_check(me: IdentityKey, mailbox: &MailboxAddr) -> Result<(), Reply> {
     }
 }
 
-/// Reads after the connection's delivery cursor and advances it.
+/// The largest answer frame.
+const MAX_ANSWER: usize = MAX_PAYLOAD + RESPONSE_HEADER_LEN;
+/// Answer bytes a read takes first: answers up to this size (a Fetch of 1,024 small messages)
+/// never wait behind larger ones. A larger answer is read again under a larger hold.
+const FIRST_ANSWER: usize = 1024 * 1024;
+/// How long a read waits for room in the node's answer pool.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// Payload bytes an answer frame of `frame` bytes leaves room for, beside the envelopes' own
+/// fields (up to about 90 bytes each, `MAX_FETCH_LIMIT` of them at most).
+fn payload_room(frame: usize) -> usize {
+    frame.saturating_sub(frame / 8 + RESPONSE_HEADER_LEN)
+}
+
+/// What a read found.
+pub(crate) enum Read {
+    /// The answer, no larger than the bytes the read was given.
+    Answer(Reply),
+    /// Nothing to answer yet (a long poll waits; other reads answer empty).
+    Nothing,
+    /// An answer that needs this many bytes: the read changed nothing (no cursor moved).
+    Needs(usize),
+}
+
+/// Runs a read under the node's answer pool: the bytes of its answer are taken from the
+/// client address's share and the pool before the read, which is told how large its answer
+/// may be (`read(frame_bytes)`), and held, trimmed to the answer, until QUIC has it
+/// acknowledged. A client that does not read its answers therefore holds at most its share,
+/// and the node at most the pool. First up to [`FIRST_ANSWER`]; an answer that needs more (a
+/// message larger than that) is read again with what it needs, from the part of the pool that
+/// large answers may use.
+pub(crate) async fn read_answer(
+    state: &State,
+    conn: &ConnState,
+    mut read: impl FnMut(usize) -> Result<Read, Reply>,
+) -> Result<Option<Reply>, Reply> {
+    let ip = conn.remote.ip();
+    let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+    let pool = &state.answers;
+    let (mut min, mut want, mut large) = (BytePool::SMALL, FIRST_ANSWER, false);
+    for _ in 0..4 {
+        let mut held = match pool.take(ip, min, want, large, deadline).await {
+            Ok(h) => h,
+            Err(Refusal::Share) => {
+                state.metrics.refused(Limit::AnswerBytesPerAddress);
+                return Err(Reply::retry(
+                    Status::RateLimited,
+                    format!(
+                        "answers not yet read by your address hold {} bytes, its share of \
+                         this node's {}; read them (or close the connections that asked)",
+                        pool.held_by(ip),
+                        pool.total()
+                    ),
+                    Duration::from_secs(1),
+                ));
+            }
+            Err(Refusal::Busy) => {
+                state.metrics.refused(Limit::Busy);
+                return Err(Reply::retry(
+                    Status::Unavailable,
+                    "this node holds as many unread answers as it may; try again",
+                    Duration::from_secs(1),
+                ));
+            }
+        };
+        match read(held.len())? {
+            Read::Answer(mut reply) => {
+                held.shrink_to(reply.frame_len());
+                reply.hold = Some(held);
+                return Ok(Some(reply));
+            }
+            Read::Nothing => return Ok(None),
+            Read::Needs(n) => {
+                (min, want, large) = (n, n.max(MAX_ANSWER), true);
+            }
+        }
+    }
+    Err(Reply::retry(
+        Status::Unavailable,
+        "the mailbox changed while it was read; try again",
+        Duration::from_millis(100),
+    ))
+}
+
+/// A read's answer if it fits in `frame` bytes, or how many it needs.
+fn fitted(reply: Reply, frame: usize) -> Read {
+    if reply.frame_len() <= frame {
+        Read::Answer(reply)
+    } else {
+        Read::Needs(reply.frame_len())
+    }
+}
+
+/// Reads after the connection's delivery cursor, within `frame` bytes of answer, and advances
+/// the cursor only when the answer fits.
 fn fetch_after_cursor(
     state: &State,
     conn: &ConnState,
     read: &MailboxRead,
-) -> Result<Vec<pb::Envelope>, StoreError> {
+    frame: usize,
+    answer: impl Fn(Vec<pb::Envelope>) -> Reply,
+) -> Result<Read, Reply> {
     conn.with_cursor(&read.mailbox, |cursor| {
-        let msgs = state.store.fetch(
-            &read.mailbox,
-            cursor,
-            read.limit,
-            MAX_RESPONSE_PAYLOAD,
-            crate::now_ms(),
-        )?;
-        let next = msgs.last().map(|m| m.seq).unwrap_or(cursor);
-        Ok((msgs.into_iter().map(envelope).collect(), next))
+        let msgs = state
+            .store
+            .fetch(
+                &read.mailbox,
+                cursor,
+                read.limit,
+                payload_room(frame),
+                crate::now_ms(),
+            )
+            .map_err(|e| store_error(state, &e))?;
+        let Some(next) = msgs.last().map(|m| m.seq) else {
+            return Ok((Read::Nothing, cursor));
+        };
+        match fitted(answer(msgs.into_iter().map(envelope).collect()), frame) {
+            Read::Answer(r) => Ok((Read::Answer(r), next)),
+            other => Ok((other, cursor)),
+        }
     })
 }
 
-fn fetch(state: &State, conn: &ConnState, me: IdentityKey, payload: &[u8]) -> Reply {
+fn fetch_answer(payloads: Vec<pb::Envelope>) -> Reply {
+    Reply::ok(&pb::FetchResponse { payloads })
+}
+
+async fn fetch(state: &State, conn: &ConnState, me: IdentityKey, payload: &[u8]) -> Reply {
     let req: pb::FetchRequest = tri!(decode(payload));
     let read = tri!(MailboxRead::try_from(req));
     if let Err(r) = owner_check(me, &read.mailbox) {
         return r;
     }
-    let payloads = store!(state, fetch_after_cursor(state, conn, &read));
+    let found = read_answer(state, conn, |frame| {
+        fetch_after_cursor(state, conn, &read, frame, fetch_answer)
+    })
+    .await;
+    let reply = tri_reply!(found).unwrap_or_else(|| fetch_answer(Vec::new()));
     inc(&state.metrics.c.fetch);
-    Reply::ok(&pb::FetchResponse { payloads })
+    reply
+}
+
+fn fetch_wait_answer(payloads: Vec<pb::Envelope>) -> Reply {
+    Reply::ok(&pb::FetchWaitResponse { payloads })
 }
 
 async fn fetch_wait(
@@ -693,6 +849,8 @@ async fn fetch_wait(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(w.timeout_ms);
     let notify = state.waiter(&w.read.mailbox);
     conn.long_poll_started(&w.read.mailbox);
+    let closed = conn.quic.closed();
+    tokio::pin!(closed);
     let result = loop {
         // Register interest before looking, so an enqueue in between is not missed.
         let notified = notify.notified();
@@ -701,47 +859,64 @@ async fn fetch_wait(
         let drain = state.drain.notified();
         tokio::pin!(drain);
         drain.as_mut().enable();
-        match fetch_after_cursor(state, conn, &w.read) {
-            Err(e) => break Err(e),
-            Ok(found) if !found.is_empty() => break Ok(found),
-            Ok(empty) if state.is_draining() || tokio::time::Instant::now() >= deadline => {
-                break Ok(empty);
+        let found = read_answer(state, conn, |frame| {
+            fetch_after_cursor(state, conn, &w.read, frame, fetch_wait_answer)
+        })
+        .await;
+        match found {
+            Err(r) => break Err(r),
+            Ok(Some(reply)) => break Ok(reply),
+            Ok(None) if state.is_draining() || tokio::time::Instant::now() >= deadline => {
+                break Ok(fetch_wait_answer(Vec::new()));
             }
-            Ok(_) => {}
+            Ok(None) => {}
         }
+        // Nothing is held while waiting: a long poll costs its stream and this future.
         tokio::select! {
             _ = &mut notified => {}
             _ = &mut drain => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            // The client is gone: end now, not when the poll would have timed out.
+            _ = &mut closed => break Ok(fetch_wait_answer(Vec::new())),
         }
     };
     conn.long_poll_ended(&w.read.mailbox);
     state.release_waiter(&w.read.mailbox, notify);
-    let payloads = store!(state, result);
+    let reply = tri_reply!(result);
     inc(&state.metrics.c.fetch_wait);
-    Reply::ok(&pb::FetchWaitResponse { payloads })
+    reply
 }
 
-fn peek(state: &State, me: IdentityKey, payload: &[u8]) -> Reply {
+async fn peek(state: &State, conn: &ConnState, me: IdentityKey, payload: &[u8]) -> Reply {
     let req: pb::PeekRequest = tri!(decode(payload));
     let read = tri!(MailboxRead::try_from(req));
     if let Err(r) = owner_check(me, &read.mailbox) {
         return r;
     }
-    let msgs = store!(
-        state,
-        state.store.fetch(
-            &read.mailbox,
-            0,
-            read.limit,
-            MAX_RESPONSE_PAYLOAD,
-            crate::now_ms()
-        )
-    );
-    inc(&state.metrics.c.peek);
-    Reply::ok(&pb::PeekResponse {
-        payloads: msgs.into_iter().map(envelope).collect(),
+    let answer = |payloads| Reply::ok(&pb::PeekResponse { payloads });
+    let found = read_answer(state, conn, |frame| {
+        let msgs = state
+            .store
+            .fetch(
+                &read.mailbox,
+                0,
+                read.limit,
+                payload_room(frame),
+                crate::now_ms(),
+            )
+            .map_err(|e| store_error(state, &e))?;
+        if msgs.is_empty() {
+            return Ok(Read::Nothing);
+        }
+        Ok(fitted(
+            answer(msgs.into_iter().map(envelope).collect()),
+            frame,
+        ))
     })
+    .await;
+    let reply = tri_reply!(found).unwrap_or_else(|| answer(Vec::new()));
+    inc(&state.metrics.c.peek);
+    reply
 }
 
 async fn ack(state: &State, me: IdentityKey, payload: &[u8]) -> Reply {
@@ -895,7 +1070,7 @@ fn broadcast_publish(state: &State, payload: &[u8]) -> Reply {
     }
 }
 
-async fn broadcast_fetch(state: &Arc<State>, payload: &[u8]) -> Reply {
+async fn broadcast_fetch(state: &Arc<State>, conn: &ConnState, payload: &[u8]) -> Reply {
     let req: pb::BroadcastFetchRequest = tri!(decode(payload));
     let Some(mesh) = &state.mesh else {
         return no_mesh();
@@ -911,35 +1086,58 @@ async fn broadcast_fetch(state: &Arc<State>, payload: &[u8]) -> Reply {
     } as usize;
     let timeout = Duration::from_millis(req.timeout_ms.min(ferry_proto::limits::MAX_FETCH_WAIT_MS));
     let deadline = tokio::time::Instant::now() + timeout;
-    let now_wall = crate::now_ms();
-    let kept = loop {
+    let answer = |messages| Reply::ok(&pb::BroadcastFetchResponse { messages });
+    let closed = conn.quic.closed();
+    tokio::pin!(closed);
+    loop {
         let notified = state.broadcast.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let drain = state.drain.notified();
         tokio::pin!(drain);
         drain.as_mut().enable();
-        let kept = mesh.broadcasts(&topic, req.after_seq);
-        if !kept.is_empty() || state.is_draining() || tokio::time::Instant::now() >= deadline {
-            break kept;
+        // Broadcasts are at most 64 KiB each and 256 of them fit a frame: no larger hold needed.
+        let found = read_answer(state, conn, |frame| {
+            let kept = mesh.broadcasts(&topic, req.after_seq);
+            if kept.is_empty() {
+                return Ok(Read::Nothing);
+            }
+            let now_wall = crate::now_ms();
+            let core_now = mesh.clock_ms();
+            let mut bytes = 0usize;
+            let room = payload_room(frame);
+            let messages = kept
+                .into_iter()
+                .take(limit)
+                .take_while(|k| {
+                    bytes += k.payload.len();
+                    bytes <= room
+                })
+                .map(|k| pb::BroadcastEnvelope {
+                    seq: k.seq,
+                    payload: k.payload,
+                    message_id: k.message_id.as_bytes().to_vec(),
+                    received_at_ms: now_wall.saturating_sub(core_now.saturating_sub(k.received_ms)),
+                })
+                .collect::<Vec<_>>();
+            if messages.is_empty() {
+                return Ok(Read::Needs(MAX_BROADCAST_PAYLOAD + 1024));
+            }
+            Ok(fitted(answer(messages), frame))
+        })
+        .await;
+        match tri_reply!(found) {
+            Some(reply) => return reply,
+            None if state.is_draining() || tokio::time::Instant::now() >= deadline => {
+                return answer(Vec::new());
+            }
+            None => {}
         }
         tokio::select! {
             _ = &mut notified => {}
             _ = &mut drain => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = &mut closed => return answer(Vec::new()),
         }
-    };
-    let core_now = mesh.clock_ms();
-    Reply::ok(&pb::BroadcastFetchResponse {
-        messages: kept
-            .into_iter()
-            .take(limit)
-            .map(|k| pb::BroadcastEnvelope {
-                seq: k.seq,
-                payload: k.payload,
-                message_id: k.message_id.as_bytes().to_vec(),
-                received_at_ms: now_wall.saturating_sub(core_now.saturating_sub(k.received_ms)),
-            })
-            .collect(),
-    })
+    }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_proto::frame::{RequestHeader, encode_response};
+use ferry_proto::frame::RequestHeader;
 use ferry_proto::limits::ALPN_QPQ;
 use ferry_proto::types::{Fingerprint, NodeId};
 use ferry_proto::{Method, Status};
@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::budget::{BytePool, Held};
 use crate::conn::ConnState;
-use crate::metrics::{CommitHook, Metrics, inc};
+use crate::metrics::{CommitHook, Limit, Metrics, inc};
 use crate::rpc::{self, Reply};
 use crate::state::State;
 use crate::{NodeConfig, NodeError, cert};
@@ -29,6 +30,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to deliver the request body once the header arrived.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body of which nothing arrives for this long is given up.
+const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at which new ones must prove their address first (a QUIC Retry),
+/// so that spoofed sources cost nothing.
+const PENDING_HANDSHAKES_BEFORE_RETRY: u64 = 64;
+/// Application error codes the node closes connections with.
+mod close {
+    /// Not authenticated within `auth_timeout`.
+    pub(super) const AUTH_TIMEOUT: u32 = 0x101;
+    /// More connections from the client's address than `max_connections_per_address`.
+    pub(super) const ADDRESS_LIMIT: u32 = 0x102;
+    /// The client did not read its answers.
+    pub(super) const NOT_READING: u32 = 0x103;
+}
 
 /// A started node.
 #[derive(Debug)]
@@ -104,10 +119,14 @@ fn server_config(cfg: &NodeConfig, c: cert::NodeCert) -> Result<quinn::ServerCon
                 .into(),
         )
         .max_concurrent_uni_streams(0u32.into())
-        // Each connection may buffer at most this much unread request data.
-        .receive_window((8u32 * 1024 * 1024).into())
-        .stream_receive_window((4u32 * 1024 * 1024 + 64 * 1024).into())
-        .send_window(8 * 1024 * 1024)
+        // What a connection may have in flight that nobody has read or acknowledged yet. The
+        // node reads request bodies as they arrive (counted against the body pool) and holds
+        // answers until they are acknowledged (the answer pool), so these bound QUIC's own
+        // buffers only for the moment between; they are flow-control windows, not limits on
+        // sizes: a 4 MiB request passes through a 1 MiB stream window.
+        .receive_window((2u32 * 1024 * 1024).into())
+        .stream_receive_window((1024u32 * 1024).into())
+        .send_window(2 * 1024 * 1024)
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(300))
                 .map_err(|_| NodeError::Tls(rustls::Error::General("idle timeout".into())))?,
@@ -355,6 +374,31 @@ async fn run(endpoint: quinn::Endpoint, state: Arc<State>, mut stop: watch::Rece
             incoming.refuse();
             continue;
         }
+        let ip = incoming.remote_address().ip();
+        let validated = incoming.remote_address_validated();
+        // Many handshakes under way: a new one proves its address first. A Retry costs the
+        // node nothing and a spoofed source never answers it.
+        if !validated
+            && state.handshaking.load(Ordering::Acquire) >= PENDING_HANDSHAKES_BEFORE_RETRY
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
+        }
+        // New connections per address and second: an address without a token left is asked
+        // to prove itself (a Retry, which costs nothing), and refused once it has.
+        if let Some(l) = &state.handshakes
+            && !l.has_token(ip, Instant::now())
+        {
+            if !validated && incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                state.metrics.refused(Limit::ConnectionRate);
+                tracing::debug!(peer = %incoming.remote_address(), "connection rate of the address exceeded; refusing");
+                incoming.refuse();
+            }
+            continue;
+        }
         let state = Arc::clone(&state);
         tokio::spawn(
             async move {
@@ -374,8 +418,13 @@ async fn shutdown(endpoint: &quinn::Endpoint, state: &Arc<State>) {
     state.drain.notify_waiters();
     endpoint.set_server_config(None);
     let all = u32::try_from(state.cfg.max_inflight_requests).unwrap_or(u32::MAX);
-    let drained =
-        tokio::time::timeout(state.cfg.drain_timeout, state.inflight.acquire_many(all)).await;
+    let polls = u32::try_from(state.cfg.max_long_polls).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(state.cfg.drain_timeout, async {
+        let requests = state.inflight.acquire_many(all).await;
+        let long_polls = state.long_polls.acquire_many(polls).await;
+        (requests, long_polls)
+    })
+    .await;
     match drained {
         Ok(_) => tracing::info!("in-flight requests finished"),
         Err(_) => {
@@ -395,7 +444,10 @@ async fn shutdown(endpoint: &quinn::Endpoint, state: &Arc<State>) {
 }
 
 async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64) {
-    let quic = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    state.handshaking.fetch_add(1, Ordering::AcqRel);
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+    state.handshaking.fetch_sub(1, Ordering::AcqRel);
+    let quic = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "handshake failed");
@@ -405,6 +457,33 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
             tracing::debug!("handshake timed out");
             return;
         }
+    };
+    // Counted once the handshake proved the address (a spoofed one cannot take anyone's slots
+    // or rate).
+    let ip = quic.remote_address().ip();
+    if let Some(l) = &state.handshakes
+        && l.check(ip, Instant::now()).is_err()
+    {
+        state.metrics.refused(Limit::ConnectionRate);
+        let reason = format!(
+            "too many new connections from your address (at most {}/s)",
+            state.cfg.connection_rate
+        );
+        quic.close(close::ADDRESS_LIMIT.into(), reason.as_bytes());
+        return;
+    }
+    let Some(_slot) = state.conns_by_address.take(ip, 1) else {
+        state.metrics.refused(Limit::ConnectionsPerAddress);
+        tracing::debug!(
+            limit = state.cfg.max_connections_per_address,
+            "too many connections from this address; closing"
+        );
+        let reason = format!(
+            "too many connections from your address (at most {})",
+            state.cfg.max_connections_per_address
+        );
+        quic.close(close::ADDRESS_LIMIT.into(), reason.as_bytes());
+        return;
     };
     inc(&state.metrics.c.connections);
     state
@@ -425,6 +504,11 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
     // Boxed: the set keeps a stub of its future type, which unboxed would be a whole request
     // future per connection (3.3 MiB over 1,000 idle connections).
     let mut streams: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+    // A connection that has not authenticated by then is closed: an unauthenticated one may
+    // only ask for Health and authenticate, which takes a round trip or two.
+    let auth_deadline = tokio::time::sleep(state.cfg.auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut auth_checked = false;
     loop {
         tokio::select! {
             accepted = quic.accept_bi() => match accepted {
@@ -438,10 +522,22 @@ async fn serve_connection(state: Arc<State>, incoming: quinn::Incoming, id: u64)
                 }
             },
             Some(()) = streams.next(), if !streams.is_empty() => {}
+            () = &mut auth_deadline, if !auth_checked => {
+                auth_checked = true;
+                if conn.identity().is_none() {
+                    state.metrics.refused(Limit::AuthTimeout);
+                    tracing::debug!("not authenticated in time; closing");
+                    let reason = format!(
+                        "not authenticated within {} s",
+                        state.cfg.auth_timeout.as_secs()
+                    );
+                    quic.close(close::AUTH_TIMEOUT.into(), reason.as_bytes());
+                }
+            }
         }
     }
     // Requests still in flight finish (their store operations complete and their permits are
-    // returned) even though their answers can no longer be sent.
+    // returned) even though their answers can no longer be sent; long polls end at once.
     while streams.next().await.is_some() {}
     if let Some(identity) = conn.identity() {
         state.unregister(&identity, conn.id);
@@ -468,29 +564,197 @@ async fn serve_stream(
     conn.stream_closed();
 }
 
-async fn respond(send: &mut quinn::SendStream, request_id: u32, reply: &Reply) {
-    let frame = match encode_response(reply.status, request_id, &reply.body) {
-        Ok(f) => f,
-        Err(_) => match encode_response(Status::Internal, request_id, &[]) {
-            Ok(f) => f,
-            Err(_) => return,
-        },
-    };
-    if send.write_all(&frame).await.is_ok() {
-        let _ = send.finish();
+/// Writes the answer. Its bytes of the answer pool (a read's) are held until the client's QUIC
+/// stack acknowledged them. A client that takes nothing of it for `answer_timeout` (grants no
+/// flow-control credit) does not read: the connection is closed.
+async fn respond(
+    conn: &ConnState,
+    state: &State,
+    send: &mut quinn::SendStream,
+    request_id: u32,
+    reply: Reply,
+) {
+    let (frame, hold) = reply.into_frame(request_id);
+    let mut chunk = [bytes::Bytes::from(frame)];
+    while chunk.iter().any(|c| !c.is_empty()) {
+        match tokio::time::timeout(state.cfg.answer_timeout, send.write_chunks(&mut chunk)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                state.metrics.refused(Limit::AnswerStalled);
+                tracing::debug!("answer not read; closing the connection");
+                let _ = send.reset(close::NOT_READING.into());
+                let reason = format!(
+                    "answers not read for {} s",
+                    state.cfg.answer_timeout.as_secs()
+                );
+                conn.quic
+                    .close(close::NOT_READING.into(), reason.as_bytes());
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+    if let Some(hold) = hold {
+        // Until acknowledged (or the stream is stopped or the connection lost), QUIC keeps
+        // the bytes for retransmission: they stay counted.
+        let _ = tokio::time::timeout(state.cfg.answer_timeout, send.stopped()).await;
+        drop(hold);
     }
 }
 
-/// Reads exactly `len` bytes without allocating ahead of what actually arrived.
-async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, usize> {
-    let mut buf = Vec::with_capacity(len.min(64 * 1024));
-    while buf.len() < len {
-        match recv.read_chunk(len - buf.len(), true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) | Err(_) => return Err(buf.len()),
+/// A request body, with its bytes of the body pool.
+struct Body {
+    bytes: Vec<u8>,
+    _held: Held,
+}
+
+/// Reads a body of `len` bytes, counting what arrives (and what the buffer takes) against the
+/// body pool: against the address's share, refused at once when it is used up, and the node's
+/// pool, refused at once when it is full (waiting would leave the bytes in QUIC's buffers
+/// instead). A body of which nothing arrives for [`BODY_STALL_TIMEOUT`], or that is not
+/// complete within [`REQUEST_READ_TIMEOUT`], is given up.
+async fn read_body(
+    state: &State,
+    conn: &ConnState,
+    recv: &mut quinn::RecvStream,
+    len: usize,
+) -> Result<Body, Reply> {
+    let pool = &state.bodies;
+    let ip = conn.remote.ip();
+    let mut held = pool.empty(ip, len > BytePool::SMALL);
+    let mut bytes: Vec<u8> = Vec::new();
+    let deadline = tokio::time::Instant::now() + REQUEST_READ_TIMEOUT;
+    while bytes.len() < len {
+        let stall = (tokio::time::Instant::now() + BODY_STALL_TIMEOUT).min(deadline);
+        let chunk =
+            match tokio::time::timeout_at(stall, recv.read_chunk(len - bytes.len(), true)).await {
+                Ok(Ok(Some(c))) => c.bytes,
+                Ok(Ok(None) | Err(_)) => {
+                    return Err(Reply::err(
+                        Status::BadRequest,
+                        format!(
+                            "truncated frame: payload declared {len} bytes, got {}",
+                            bytes.len()
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    state.metrics.refused(Limit::BodyStalled);
+                    return Err(Reply::err(
+                        Status::DeadlineExceeded,
+                        format!(
+                            "request not received in time: {} of {len} bytes",
+                            bytes.len()
+                        ),
+                    ));
+                }
+            };
+        let need = bytes.len() + chunk.len();
+        if need > bytes.capacity() {
+            // The buffer doubles (to the declared length); what it takes is what is counted.
+            let cap = need.max(bytes.capacity() * 2).max(4096).min(len);
+            let more = cap - held.len();
+            if !pool.try_grow(&mut held, more) {
+                let share = pool.held_by(ip) + more > pool.per_address();
+                let reply = if share {
+                    state.metrics.refused(Limit::BodyBytesPerAddress);
+                    Reply::retry(
+                        Status::RateLimited,
+                        format!(
+                            "too many request bytes in flight from your address (its share is {} bytes)",
+                            pool.per_address()
+                        ),
+                        Duration::from_secs(1),
+                    )
+                } else {
+                    state.metrics.refused(Limit::Busy);
+                    Reply::retry(
+                        Status::Unavailable,
+                        "this node is receiving as many request bytes as it may; try again",
+                        Duration::from_secs(1),
+                    )
+                };
+                return Err(reply);
+            }
+            bytes.reserve_exact(cap - bytes.len());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Body { bytes, _held: held })
+}
+
+/// What a request holds while it is served: a request slot, or a long-poll slot.
+enum Slot {
+    Request {
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    LongPoll {
+        _permit: tokio::sync::OwnedSemaphorePermit,
+        _share: crate::budget::Share,
+        conn: Arc<ConnState>,
+    },
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Slot::LongPoll { conn, .. } = self {
+            conn.leave_long_poll();
         }
     }
-    Ok(buf)
+}
+
+/// Takes a long-poll slot: one of the connection's, of the address's share and of the node's;
+/// refused at once when any is used up.
+fn long_poll_slot(state: &State, conn: &Arc<ConnState>) -> Result<Slot, Reply> {
+    let refuse = |what: String| {
+        state.metrics.refused(Limit::LongPolls);
+        Reply::retry(Status::RateLimited, what, Duration::from_secs(1))
+    };
+    if !conn.enter_long_poll() {
+        return Err(refuse(format!(
+            "too many long polls on this connection (at most {})",
+            crate::conn::MAX_LONG_POLLS
+        )));
+    }
+    let Some(share) = state.long_polls_by_address.take(conn.remote.ip(), 1) else {
+        conn.leave_long_poll();
+        return Err(refuse(format!(
+            "too many long polls from your address (at most {})",
+            state.long_polls_by_address.cap()
+        )));
+    };
+    let Ok(permit) = Arc::clone(&state.long_polls).try_acquire_owned() else {
+        conn.leave_long_poll();
+        return Err(refuse(
+            "this node has as many long polls waiting as it may; try again".into(),
+        ));
+    };
+    Ok(Slot::LongPoll {
+        _permit: permit,
+        _share: share,
+        conn: Arc::clone(conn),
+    })
+}
+
+/// Answers a request that is refused before it is served; `stop`: also tell the client to
+/// stop sending its body (QUIC drops what arrives of it instead of buffering it).
+#[allow(clippy::too_many_arguments)]
+async fn refuse(
+    state: &State,
+    conn: &ConnState,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    rid: u32,
+    method: Option<Method>,
+    reply: Reply,
+    stop: bool,
+) {
+    state.metrics.request(method, false, reply.status);
+    if stop {
+        let _ = recv.stop(0u32.into());
+    }
+    respond(conn, state, send, rid, reply).await;
 }
 
 async fn handle_stream(
@@ -506,15 +770,11 @@ async fn handle_stream(
         Ok(Ok(())) => {}
         Ok(Err(quinn::ReadExactError::FinishedEarly(got))) => {
             state.metrics.request(None, true, Status::BadRequest);
-            respond(
-                &mut send,
-                0,
-                &Reply::err(
-                    Status::BadRequest,
-                    format!("truncated frame: {got} of 10 header bytes"),
-                ),
-            )
-            .await;
+            let reply = Reply::err(
+                Status::BadRequest,
+                format!("truncated frame: {got} of 10 header bytes"),
+            );
+            respond(conn, state, &mut send, 0, reply).await;
             return;
         }
         Ok(Err(_)) | Err(_) => return,
@@ -522,93 +782,72 @@ async fn handle_stream(
     let header = RequestHeader::from_bytes(&hdr);
     let rid = header.request_id;
     let method = Method::from_id(header.method_id);
+    let ip = conn.remote.ip();
+    macro_rules! refuse {
+        ($reply:expr, stop) => {{
+            refuse(state, conn, &mut send, &mut recv, rid, method, $reply, true).await;
+            return;
+        }};
+        ($reply:expr) => {{
+            refuse(
+                state, conn, &mut send, &mut recv, rid, method, $reply, false,
+            )
+            .await;
+            return;
+        }};
+    }
     let len = match header.payload_len() {
         Ok(l) => l,
-        Err(e) => {
-            // Answer without reading the body, then tell the peer to stop sending it.
-            state
-                .metrics
-                .request(method, false, Status::PayloadTooLarge);
-            respond(
-                &mut send,
-                rid,
-                &Reply::err(Status::PayloadTooLarge, e.to_string()),
-            )
-            .await;
-            let _ = recv.stop(0u32.into());
-            return;
-        }
+        Err(e) => refuse!(Reply::err(Status::PayloadTooLarge, e.to_string()), stop),
     };
     if let Some(limiter) = &state.limiter
-        && let Err(wait) = limiter.check(conn.remote.ip(), Instant::now())
+        && let Err(wait) = limiter.check(ip, Instant::now())
     {
         inc(&state.metrics.c.rate_limit_hit);
-        state.metrics.request(method, false, Status::RateLimited);
-        respond(
-            &mut send,
-            rid,
-            &Reply::retry(Status::RateLimited, "rate limit exceeded; back off", wait),
-        )
-        .await;
-        let _ = recv.stop(0u32.into());
-        return;
+        refuse!(
+            Reply::retry(Status::RateLimited, "rate limit exceeded; back off", wait),
+            stop
+        );
     }
-    // Reserve the body's bytes before reading it: this address's share first (refused, not
-    // queued, when exceeded), then the node-wide budget (at most MAX_PAYLOAD: fits in u32).
-    let Some(_share) = state.reserve_body(conn.remote.ip(), len) else {
-        inc(&state.metrics.c.rate_limit_hit);
-        state.metrics.request(method, false, Status::RateLimited);
-        respond(
-            &mut send,
-            rid,
-            &Reply::retry(
+    // This address's share of the requests in flight: refused, not queued, when used up.
+    let Some(in_flight) = state.inflight_by_address.take(ip, 1) else {
+        state.metrics.refused(Limit::RequestsPerAddress);
+        refuse!(
+            Reply::retry(
                 Status::RateLimited,
-                "too many request bytes in flight from your address",
+                format!(
+                    "too many requests in flight from your address (at most {})",
+                    state.inflight_by_address.cap()
+                ),
                 Duration::from_secs(1),
             ),
-        )
-        .await;
-        let _ = recv.stop(0u32.into());
-        return;
+            stop
+        );
     };
-    let Ok(_bytes) = Arc::clone(&state.body_budget)
-        .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
-        .await
-    else {
-        return;
+    let body = match read_body(state, conn, &mut recv, len).await {
+        Ok(b) => b,
+        Err(reply) => refuse!(reply, stop),
     };
-    let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_body(&mut recv, len)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(got)) => {
-            state.metrics.request(method, false, Status::BadRequest);
-            respond(
-                &mut send,
-                rid,
-                &Reply::err(
-                    Status::BadRequest,
-                    format!("truncated frame: payload declared {len} bytes, got {got}"),
-                ),
-            )
-            .await;
-            return;
+    // Long polls wait in slots of their own; everything else shares the node's pool of
+    // requests in flight (each brief: a store operation).
+    let slot = if matches!(method, Some(Method::FetchWait | Method::BroadcastFetch)) {
+        match long_poll_slot(state, conn) {
+            // A waiting long poll counts as one, not as a request in flight.
+            Ok(s) => {
+                drop(in_flight);
+                s
+            }
+            Err(reply) => refuse!(reply),
         }
-        Err(_) => {
-            state
-                .metrics
-                .request(method, false, Status::DeadlineExceeded);
-            respond(
-                &mut send,
-                rid,
-                &Reply::err(Status::DeadlineExceeded, "request not received in time"),
-            )
-            .await;
-            return;
+    } else {
+        match Arc::clone(&state.inflight).acquire_owned().await {
+            Ok(p) => Slot::Request { _permit: p },
+            Err(_) => return,
         }
     };
-    let Ok(_permit) = Arc::clone(&state.inflight).acquire_owned().await else {
-        return;
-    };
-    let reply = rpc::dispatch(state, conn, header.method_id, &body).await;
+    let reply = rpc::dispatch(state, conn, header.method_id, &body.bytes).await;
+    // Served: what remains is sending the answer, which holds its own bytes.
+    drop((body, slot));
     state.metrics.request(method, false, reply.status);
     if reply.status != Status::Ok {
         tracing::debug!(
@@ -617,5 +856,5 @@ async fn handle_stream(
             "request refused"
         );
     }
-    respond(&mut send, rid, &reply).await;
+    respond(conn, state, &mut send, rid, reply).await;
 }

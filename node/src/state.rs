@@ -1,7 +1,6 @@
 //! State shared by all connections of a node.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use portable_atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::NodeConfig;
+use crate::budget::{BytePool, Shares};
 use crate::conn::ConnState;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -40,13 +40,27 @@ pub(crate) struct State {
     pub(crate) draining: AtomicBool,
     /// Woken when draining starts, so long polls return at once.
     pub(crate) drain: Notify,
-    /// Bounds RPCs in flight; shutdown waits until every permit is back.
+    /// Bounds RPCs in flight (long polls have their own); shutdown waits until every permit
+    /// is back.
     pub(crate) inflight: Arc<Semaphore>,
-    /// Request body bytes buffered at once (one permit per byte).
-    pub(crate) body_budget: Arc<Semaphore>,
-    /// Request body bytes buffered per client IP, capped at a quarter of the budget so one
-    /// address cannot hold all of it.
-    body_by_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Requests in flight per client address: a quarter of `inflight`.
+    pub(crate) inflight_by_address: Arc<Shares>,
+    /// Long polls waiting; shutdown waits for these too.
+    pub(crate) long_polls: Arc<Semaphore>,
+    /// Long polls per client address: a quarter of `long_polls`.
+    pub(crate) long_polls_by_address: Arc<Shares>,
+    /// Connections per client address.
+    pub(crate) conns_by_address: Arc<Shares>,
+    /// New connections per client address and second: looked at when a handshake starts,
+    /// taken when it completes (so a spoofed source, which never completes one, cannot use up
+    /// an address's rate).
+    pub(crate) handshakes: Option<RateLimiter>,
+    /// Handshakes under way.
+    pub(crate) handshaking: AtomicU64,
+    /// Request body bytes buffered, counted as they arrive.
+    pub(crate) bodies: BytePool,
+    /// Answer bytes held until the client's QUIC stack took them.
+    pub(crate) answers: BytePool,
     pub(crate) next_conn: AtomicU64,
     pub(crate) open_conns: AtomicU64,
     registry: Mutex<HashMap<IdentityKey, Vec<Weak<ConnState>>>>,
@@ -74,12 +88,25 @@ impl State {
     ) -> Self {
         let limiter =
             (cfg.rate_limit > 0).then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, 16_384));
+        let handshakes = (cfg.connection_rate > 0).then(|| {
+            RateLimiter::new(
+                cfg.connection_rate,
+                cfg.connection_rate.saturating_mul(2),
+                16_384,
+            )
+        });
+        // One largest request or answer always fits in an address's share.
+        let largest = ferry_proto::limits::MAX_PAYLOAD + 64 * 1024;
         Self {
             inflight: Arc::new(Semaphore::new(cfg.max_inflight_requests)),
-            body_budget: Arc::new(Semaphore::new(
-                cfg.max_request_bytes_in_flight
-                    .clamp(ferry_proto::limits::MAX_PAYLOAD, Semaphore::MAX_PERMITS),
-            )),
+            inflight_by_address: Shares::new((cfg.max_inflight_requests / 4).max(1)),
+            long_polls: Arc::new(Semaphore::new(cfg.max_long_polls)),
+            long_polls_by_address: Shares::new((cfg.max_long_polls / 4).max(1)),
+            conns_by_address: Shares::new(cfg.max_connections_per_address.max(1)),
+            handshakes,
+            handshaking: AtomicU64::new(0),
+            bodies: BytePool::new(cfg.max_request_bytes_in_flight, largest),
+            answers: BytePool::new(cfg.max_response_bytes_in_flight, largest),
             store,
             limiter,
             metrics,
@@ -92,32 +119,12 @@ impl State {
             cfg,
             draining: AtomicBool::new(false),
             drain: Notify::new(),
-            body_by_ip: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             open_conns: AtomicU64::new(0),
             registry: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Counts `len` body bytes against `ip`'s share; `None` when that would exceed it.
-    pub(crate) fn reserve_body(self: &Arc<Self>, ip: IpAddr, len: usize) -> Option<BodyShare> {
-        let cap = (self.cfg.max_request_bytes_in_flight / 4).max(ferry_proto::limits::MAX_PAYLOAD);
-        let mut m = self.body_by_ip.lock().ok()?;
-        let used = m.entry(ip).or_insert(0);
-        if *used + len > cap {
-            if *used == 0 {
-                m.remove(&ip);
-            }
-            return None;
-        }
-        *used += len;
-        Some(BodyShare {
-            state: Arc::clone(self),
-            ip,
-            len,
-        })
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -219,26 +226,6 @@ impl State {
                 None
             }
             None => None,
-        }
-    }
-}
-
-/// A client IP's reservation of request body bytes; released on drop.
-pub(crate) struct BodyShare {
-    state: Arc<State>,
-    ip: IpAddr,
-    len: usize,
-}
-
-impl Drop for BodyShare {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.state.body_by_ip.lock()
-            && let Some(used) = m.get_mut(&self.ip)
-        {
-            *used = used.saturating_sub(self.len);
-            if *used == 0 {
-                m.remove(&self.ip);
-            }
         }
     }
 }

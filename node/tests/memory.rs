@@ -165,3 +165,55 @@ async fn repeated_fields_are_counted_before_they_are_decoded() {
     assert_eq!(c.health().await.unwrap().status, "ok");
     n.node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_client_never_reads_cost_its_share_and_its_connection() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let n = start_with(|c| c.answer_timeout = std::time::Duration::from_secs(2)).await;
+    let (c, me) = n.user().await;
+    // A 3.8 MiB message to itself, then 32 Peeks of it whose answers it never reads: its QUIC
+    // stack stops granting flow-control credit once its buffers are full.
+    c.enqueue(&enqueue_req(&me, &vec![3; 3_800_000], None))
+        .await
+        .unwrap();
+    let peek = pb::PeekRequest {
+        recipient_key: me.public_key().as_bytes().to_vec(),
+        limit: 1,
+        ..Default::default()
+    };
+    let frame = encode_request(Method::Peek.id(), 1, &peek.encode_to_vec()).unwrap();
+    let (streams, grew) = peak_growth(async {
+        let mut streams = Vec::new();
+        for _ in 0..32 {
+            let (mut s, r) = c.connection().open_bi().await.unwrap();
+            s.write_all(&frame).await.unwrap();
+            let _ = s.finish();
+            streams.push((s, r));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        streams
+    })
+    .await;
+    // One answer held (the address's share of the answer pool is one largest answer), and
+    // what QUIC buffered on both sides: not 32 answers.
+    assert!(grew < 24 * MIB, "the heap grew by {} MiB", grew / MIB);
+    // The client does not read: its connection is closed, and the answers are let go.
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(10), c.connection().closed())
+        .await
+        .expect("closed");
+    assert!(
+        reason.to_string().contains("answers not read for 2 s"),
+        "{reason}"
+    );
+    drop(streams);
+    // Others read big answers all along.
+    let (d, you) = n.user().await;
+    d.enqueue(&enqueue_req(&you, &vec![4; 3_800_000], None))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.peek(&mailbox(&you), 1).await.unwrap()[0].data.len(),
+        3_800_000
+    );
+    n.node.stop().await;
+}
