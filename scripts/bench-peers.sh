@@ -79,7 +79,9 @@ wait_port() { # wait_port <tcp|udp> <port>
 
 # start_<system> <data dir>: starts the server in the background, sets SERVER_PID.
 start_ferry() {
-    "$FERRY" node --data-dir "$1" --listen "127.0.0.1:$FERRY_PORT" --rate-limit 0 \
+    # The load comes from one address: lift the per-address limits meant for hostile clients.
+    printf 'connection_rate = 0\nmax_connections_per_address = 4096\n' >"$1.toml"
+    "$FERRY" node --config "$1.toml" --data-dir "$1" --listen "127.0.0.1:$FERRY_PORT" --rate-limit 0 \
         --no-mesh --log warn 2>>"$WORK/ferry.log" &
     SERVER_PID=$!
     wait_port udp "$FERRY_PORT"
@@ -169,7 +171,7 @@ for round in $(seq 1 "$ROUNDS"); do
         bench "$sys" "$round" run --messages "$MESSAGES" --producers 1
         bench "$sys" "$round" run --messages "$MESSAGES" --producers 50
         stop_server
-        rm -rf "$data" "$data.conf" "$data.state"
+        rm -rf "$data" "$data.conf" "$data.state" "$data.toml"
 
         data=$WORK/crash-$sys-$round
         "start_$sys" "$data"
@@ -178,13 +180,13 @@ for round in $(seq 1 "$ROUNDS"); do
         "start_$sys" "$data"
         bench "$sys" "$round" crash-drain --messages "$CRASH_MESSAGES"
         stop_server
-        rm -rf "$data" "$data.conf" "$data.state"
+        rm -rf "$data" "$data.conf" "$data.state" "$data.toml"
     done
 done
 
 config=$(
     cat <<EOF
-- Ferry $(git describe --always --dirty 2>/dev/null): \`ferry node --listen 127.0.0.1:$FERRY_PORT --rate-limit 0 --no-mesh\`, release build with the router packages' features (\`router,iroh,mdns\`), data on $(df -T "$WORK" | awk 'NR==2 {print $2}'); every Enqueue is answered after its fsync'd group commit. \`ferry\` sends one Enqueue (200) per message; \`ferry (EnqueueMany)\` sends through the client library's \`Batcher\` (64 messages per request at most, 4 requests outstanding), which puts the messages waiting on a connection into one EnqueueMany (812) request, answered per message after the same commit. The node's and the load generator's QUIC sockets ask for a 2 MiB UDP receive buffer (\`udp_receive_buffer_bytes\`; this machine's \`net.core.rmem_max\` is $(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo unknown)).
+- Ferry $(git describe --always --dirty 2>/dev/null): \`ferry node --listen 127.0.0.1:$FERRY_PORT --rate-limit 0 --no-mesh\` with \`connection_rate = 0\` and \`max_connections_per_address = 4096\` (the load comes from one address), release build with the router packages' features (\`router,iroh,mdns\`), data on $(df -T "$WORK" | awk 'NR==2 {print $2}'); every Enqueue is answered after its fsync'd group commit. \`ferry\` sends one Enqueue (200) per message; \`ferry (EnqueueMany)\` sends through the client library's \`Batcher\` (64 messages per request at most, 4 requests outstanding), which puts the messages waiting on a connection into one EnqueueMany (812) request, answered per message after the same commit. The node's and the load generator's QUIC sockets ask for a 2 MiB UDP receive buffer (\`udp_receive_buffer_bytes\`; this machine's \`net.core.rmem_max\` is $(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo unknown)).
 - Mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -n1 | awk '{print $3}') (Debian): \`persistence true\`, default \`autosave_interval\` (1800 s), \`max_queued_messages\` 1000 (default) or 0 (unbounded); QoS 1, consumer with \`clean_session = false\`; rumqttc 0.25.
 - NATS $(nats-server --version 2>/dev/null | awk '{print $2}') (Debian): JetStream, file storage (no per-write sync option in 2.9; it syncs every 2 minutes), durable pull consumer with explicit acks (\`max_ack_pending\` 100,000); async-nats 0.51.
 - Workload: $MESSAGES messages of 256 B per run, 64 in flight per producer; fan-in 50 producers; idle $IDLE_CLIENTS clients; crash $CRASH_MESSAGES messages; $ROUNDS rounds interleaved; $(nproc) cores, $(uname -r).

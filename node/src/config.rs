@@ -30,6 +30,8 @@ pub struct StoreSection {
     pub wal: Option<bool>,
     /// Write-ahead log size that triggers a checkpoint, in bytes.
     pub checkpoint_bytes: Option<u64>,
+    /// Disk space kept aside for the commits that free space on a full disk, in bytes.
+    pub reserve_bytes: Option<u64>,
 }
 
 /// The `[mesh]` table of the config file.
@@ -539,6 +541,9 @@ impl NodeConfig {
             }
             if let Some(v) = s.checkpoint_bytes {
                 self.store.checkpoint_bytes = v;
+            }
+            if let Some(v) = s.reserve_bytes {
+                self.store.reserve_bytes = v;
             }
         }
         if let Some(m) = &f.mesh {

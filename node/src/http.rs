@@ -52,17 +52,13 @@ fn handle(state: &State, registry: &Registry, req: &Request<Incoming>) -> Respon
             }
         }
         "/healthz" => {
-            if state.is_draining() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
-            } else if state.store.depth().is_err() {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "store unavailable\n",
-                )
-            } else {
-                reply(StatusCode::OK, "text/plain", "ok\n")
-            }
+            // 503 whenever the node cannot take new messages.
+            let status = crate::health_status(state, state.store.depth().is_ok());
+            let code = match status {
+                "ok" => StatusCode::OK,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            reply(code, "text/plain", format!("{status}\n"))
         }
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -41,6 +41,20 @@ pub use config::{FileConfig, MeshConfig, NodeConfig, Role, StaticPeer};
 pub use error::NodeError;
 pub use server::{RunningNode, start};
 
+/// The node's health in a word, for Health (802) and `/healthz`: `ok`, `draining`,
+/// `disk full` or `unavailable` (the store cannot be read).
+pub(crate) fn health_status(state: &state::State, readable: bool) -> &'static str {
+    if state.is_draining() {
+        "draining"
+    } else if !readable {
+        "unavailable"
+    } else if state.store.disk_full() {
+        "disk full"
+    } else {
+        "ok"
+    }
+}
+
 /// Current unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -470,6 +470,12 @@ impl Collector for Scrape {
                 f.refused(),
             )?;
         }
+        gauge(
+            &mut enc,
+            "store_disk_full",
+            "1 while the disk is full: new messages are refused, reads, acknowledgements and expiry go on.",
+            i64::from(self.store.disk_full()),
+        )?;
         if let Ok(s) = self.store.stats() {
             gauge(
                 &mut enc,

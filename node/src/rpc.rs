@@ -258,17 +258,15 @@ pub(crate) async fn dispatch(
     }
 }
 
-/// Health (802). `status` is `ok`, `draining` (shutting down), or `unavailable` while the
-/// store cannot be read (its queue depth is then unknown and given as 0), as `/healthz`.
+/// Health (802). `status` is `ok`; `draining` (shutting down); `disk full` (reads and
+/// acknowledgements are served, new messages refused until the disk has room); or
+/// `unavailable` while the store cannot be read (its queue depth is then unknown and given
+/// as 0). `/healthz` answers the same words.
 fn health(state: &State) -> Reply {
     let depth = state.store.depth();
-    let status = match &depth {
-        _ if state.is_draining() => "draining",
-        Err(_) => "unavailable",
-        Ok(_) => "ok",
-    };
     Reply::ok(&pb::HealthResponse {
-        status: status.into(),
+        status: crate::health_status(state, depth.is_ok()).into(),
+
         uptime_secs: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
         queue_depth: depth.unwrap_or(0),

@@ -35,6 +35,11 @@ pub struct StoreConfig {
     /// batch of acknowledgements only waits at most this long for one more operation to share
     /// its commit and fsync with. Zero: never wait.
     pub ack_linger: Duration,
+    /// Disk space kept in a file beside the database (`<file>-reserve`) and given up when the
+    /// disk is full, so that acknowledgements and expiry can still be committed and free
+    /// space (see `reserve.rs`). Zero: none (a full disk then frees space only when the
+    /// filesystem gets room from elsewhere).
+    pub reserve_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +57,7 @@ impl Default for StoreConfig {
             checkpoint_bytes: 1024 * 1024,
             checkpoint_idle: Duration::from_secs(30),
             ack_linger: Duration::from_micros(250),
+            reserve_bytes: 2 * 1024 * 1024,
         }
     }
 }

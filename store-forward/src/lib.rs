@@ -46,6 +46,7 @@ mod custody;
 mod custody_store;
 mod error;
 mod pending;
+mod reserve;
 mod schema;
 mod store;
 mod usage;

@@ -253,6 +253,9 @@ pub(crate) struct Shared {
     pub(crate) snapshot: RwLock<Option<(u64, Arc<ReadTransaction>)>>,
     /// Set by the syncer when fsyncing the log failed; the writer reopens the database.
     pub(crate) wal_broken: portable_atomic::AtomicBool,
+    /// The disk is full: writes that take space are refused at once; reads, acknowledgements
+    /// and expiry go on. Cleared once a commit succeeded and the reserve could be made again.
+    pub(crate) disk_full: portable_atomic::AtomicBool,
     /// Counts reopens: a snapshot taken before one is never published after it.
     pub(crate) epoch: AtomicU64,
     /// Whether the writer is reopening the file right now; readers wait for it (briefly)
@@ -280,7 +283,45 @@ fn io_err(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::from_io(path, e)
 }
 
+/// Applies the macro `$m` to every table read transactions may open (all made when a file is
+/// prepared).
+macro_rules! every_table {
+    ($m:ident) => {
+        $m!(
+            MAILBOXES,
+            schema::MAILBOX_ADDRS,
+            MESSAGES,
+            schema::DEDUP,
+            EXPIRY,
+            HYBRID_KEYS,
+            FINGERPRINTS,
+            CUSTODY,
+            CUSTODY_BY_RECIPIENT,
+            CUSTODY_EXPIRY,
+            PRESENCE
+        )
+    };
+}
+
+/// Opens the database file, creating it when there is none. Writes nothing to a file whose
+/// schema and tables are up to date, so a node restarted on a full disk still opens (and
+/// serves reads).
 pub(crate) fn open_database(
+    path: &Path,
+    config: &StoreConfig,
+    io: &Arc<IoCounters>,
+) -> Result<Database, StoreError> {
+    if !path.exists() {
+        create_database(path, config, io)?;
+    }
+    let db = open_file(path, config, io)?;
+    if up_to_date(&db)? {
+        return Ok(db);
+    }
+    prepare_schema(db, path)
+}
+
+fn open_file(
     path: &Path,
     config: &StoreConfig,
     io: &Arc<IoCounters>,
@@ -293,9 +334,65 @@ pub(crate) fn open_database(
         .open(path)
         .map_err(|e| io_err(path, e))?;
     let backend = CountingBackend::new(file, Arc::clone(io))?;
-    let db = Database::builder()
+    Ok(Database::builder()
         .set_cache_size(config.cache_bytes)
-        .create_with_backend(backend)?;
+        .create_with_backend(backend)?)
+}
+
+/// Makes a new database file whole beside its name, then renames it into place: a first start
+/// killed part way leaves no half-made file that redb would refuse ("not a redb database").
+fn create_database(
+    path: &Path,
+    config: &StoreConfig,
+    io: &Arc<IoCounters>,
+) -> Result<(), StoreError> {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".new");
+    let staged = PathBuf::from(staged);
+    match std::fs::remove_file(&staged) {
+        Ok(()) => {
+            tracing::info!(path = %staged.display(), "removed a database file left half made by an interrupted first start")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&staged, e)),
+    }
+    drop(prepare_schema(open_file(&staged, config, io)?, &staged)?);
+    std::fs::File::open(&staged)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(&staged, e))?;
+    std::fs::rename(&staged, path).map_err(|e| io_err(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Whether the file is at the current schema with every table made (a read only).
+fn up_to_date(db: &Database) -> Result<bool, StoreError> {
+    let rtx = db.begin_read()?;
+    let schema = match rtx.open_table(META) {
+        Ok(t) => t.get(META_SCHEMA)?.map(|v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if schema != Some(SCHEMA_VERSION) {
+        return Ok(false);
+    }
+    use redb::TableHandle;
+    macro_rules! names {
+        ($($t:expr),+) => { [$( $t.name() ),+] };
+    }
+    let tables = every_table!(names);
+    let have: std::collections::HashSet<String> =
+        rtx.list_tables()?.map(|t| t.name().to_string()).collect();
+    Ok(tables.iter().all(|t| have.contains(*t)))
+}
+
+/// Brings a file to the current schema (migrating older ones) and makes every table, in one
+/// durable write transaction.
+fn prepare_schema(db: Database, path: &Path) -> Result<Database, StoreError> {
     let txn = db.begin_write()?;
     {
         let found = txn.open_table(META)?.get(META_SCHEMA)?.map(|v| v.value());
@@ -333,17 +430,10 @@ pub(crate) fn open_database(
             }
         }
         // Create every table, so read transactions never meet a missing one.
-        txn.open_table(MAILBOXES)?;
-        txn.open_table(schema::MAILBOX_ADDRS)?;
-        txn.open_table(MESSAGES)?;
-        txn.open_table(schema::DEDUP)?;
-        txn.open_table(EXPIRY)?;
-        txn.open_table(HYBRID_KEYS)?;
-        txn.open_table(FINGERPRINTS)?;
-        txn.open_table(CUSTODY)?;
-        txn.open_table(CUSTODY_BY_RECIPIENT)?;
-        txn.open_table(CUSTODY_EXPIRY)?;
-        txn.open_table(PRESENCE)?;
+        macro_rules! create {
+            ($($t:expr),+) => { $( txn.open_table($t)?; )+ };
+        }
+        every_table!(create);
     }
     txn.commit()?;
     Ok(db)
@@ -484,6 +574,7 @@ impl Store {
             queued: portable_atomic::AtomicUsize::new(0),
             snapshot: RwLock::new(Some(snapshot)),
             wal_broken: portable_atomic::AtomicBool::new(false),
+            disk_full: portable_atomic::AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             reopening: Mutex::new(false),
             reopened: Condvar::new(),
@@ -947,6 +1038,12 @@ impl Store {
         Ok(t.get(key)?.map(|v| v.value()))
     }
 
+    /// Whether the disk is full: new messages are refused with [`StoreError::DiskFull`] while
+    /// reads, acknowledgements and expiry go on (see [`StoreConfig::reserve_bytes`]).
+    pub fn disk_full(&self) -> bool {
+        self.shared.disk_full.load(Ordering::Acquire)
+    }
+
     /// Messages stored in all mailboxes (cheap: one counter in memory).
     pub fn depth(&self) -> Result<u64, StoreError> {
         self.db()?;
@@ -1028,6 +1125,72 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = false;
         self.reopened.notify_all();
         result
+    }
+
+    /// Compacts the database file: moves pages down over the free ones and gives the end of
+    /// the file back to the disk. Acknowledgements and expiry free pages inside the file, which
+    /// keeps its size; on a full disk this is what returns their space. Readers wait for it
+    /// (as for a reopen); it needs no new space. Returns whether it compacted anything.
+    pub(crate) fn compact(&self) -> Result<bool, StoreError> {
+        *self
+            .reopening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        let result = self.compact_inner();
+        *self
+            .reopening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.reopened.notify_all();
+        result
+    }
+
+    fn compact_inner(&self) -> Result<bool, StoreError> {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut snap = self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let last_gen = snap.take().map_or(0, |(g, _)| g);
+        let mut slot = self.db.write().map_err(|_| StoreError::Unavailable)?;
+        let Some(mut shared_db) = slot.take() else {
+            return Err(StoreError::Unavailable);
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut db = loop {
+            match Arc::try_unwrap(shared_db) {
+                Ok(db) => break db,
+                Err(d) if Instant::now() < deadline => {
+                    shared_db = d;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(d) => {
+                    // A reader still holds it: not now.
+                    *slot = Some(d);
+                    drop(slot);
+                    drop(snap);
+                    let epoch = self.epoch.load(Ordering::Acquire);
+                    if let Some(db) = self.current_db() {
+                        self.publish(epoch, last_gen, db.begin_read().ok().map(Arc::new));
+                    }
+                    return Ok(false);
+                }
+            }
+        };
+        let compacted = db.compact();
+        let db = Arc::new(db);
+        *slot = Some(Arc::clone(&db));
+        drop(slot);
+        // The same contents, moved: readers see them again at the same generation.
+        *snap = Some((last_gen, Arc::new(db.begin_read()?)));
+        drop(snap);
+        match compacted {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                tracing::debug!(error = %e, "compacting the database failed");
+                Ok(false)
+            }
+        }
     }
 
     fn reopen_inner(&self) -> Result<(Arc<Database>, u64, u64), StoreError> {

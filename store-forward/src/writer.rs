@@ -22,6 +22,7 @@ use redb::{
 };
 
 use crate::custody::{self, BundleRecord, CustodyEntry, CustodyOutcome, DeliverReport, Delivery};
+use crate::reserve::Reserve;
 use crate::schema::{
     self, CUSTODY, CUSTODY_BY_RECIPIENT, CUSTODY_EXPIRY, DEDUP, DEDUP_RECORD_COST, EXPIRY,
     ExpiryRun, FINGERPRINTS, HYBRID_KEYS, MAILBOX_ADDRS, MAILBOXES, MESSAGES, META,
@@ -139,7 +140,10 @@ impl Log {
     fn start(shared: &Arc<Shared>, pos: u64) -> Result<Self, StoreError> {
         let path = wal::path_for(&shared.path);
         let io = |e| StoreError::from_io(&path, e);
-        let prealloc = shared.config.checkpoint_bytes.saturating_add(64 * 1024);
+        // Room past the checkpoint size: on a full disk, acknowledgements go on being logged
+        // there (some thousands of them) between the commits that free space.
+        let spare = (shared.config.checkpoint_bytes / 4).max(256 * 1024);
+        let prealloc = shared.config.checkpoint_bytes.saturating_add(spare);
         let wal = Wal::open(&path, prealloc, pos).map_err(io)?;
         let file = wal.sync_handle().map_err(io)?;
         let (tx, rx) = mpsc::channel();
@@ -207,6 +211,74 @@ struct Writer {
     log: Option<Log>,
     /// Generation of the next batch; every batch, logged or durable, takes one.
     next_gen: u64,
+    /// Room kept on the disk for a commit that frees space on a full disk.
+    reserve: Reserve,
+    /// While the disk is full, how long from one attempt to commit what frees space (and
+    /// take writes again) to the next; doubles (to [`RECOVER_MAX`]) while attempts fail. The
+    /// disk's free space is looked at every [`RECOVER_POLL`] meanwhile, and an attempt made
+    /// at once when the reserve fits again.
+    recover_wait: Duration,
+    next_attempt: Instant,
+    /// When the disk's free space was last looked at.
+    last_poll: Instant,
+}
+
+/// The first wait before a full disk is tried again.
+const RECOVER_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between attempts on a full disk.
+const RECOVER_MAX: Duration = Duration::from_secs(30);
+/// How often a full disk's free space is looked at.
+const RECOVER_POLL: Duration = Duration::from_millis(250);
+
+/// Whether an operation frees space (or takes none): these go on while the disk is full.
+fn frees_space(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::Ack { .. } | WriteOp::Sweep { .. } | WriteOp::CustodyDelete(_) | WriteOp::Shutdown
+    )
+}
+
+/// What operations that take space are answered while the disk is full.
+fn disk_full_error() -> StoreError {
+    StoreError::DiskFull(Arc::new(std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "the disk is full; reads, acknowledgements and expiry go on, and writes resume once it \
+         has room again",
+    )))
+}
+
+impl Writer {
+    /// Makes the reserve if it is missing. On a full disk the store goes into its disk-full
+    /// state; when the reserve can be made, it leaves it. Returns whether the reserve is there.
+    fn keep_reserve(&mut self, shared: &Shared) -> bool {
+        if self.reserve.present() {
+            if shared.disk_full.swap(false, Ordering::AcqRel) {
+                tracing::info!("the disk has room again; taking new messages");
+            }
+            return true;
+        }
+        match self.reserve.make() {
+            Ok(()) => {
+                if shared.disk_full.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the disk has room again; taking new messages");
+                }
+                self.recover_wait = RECOVER_FIRST;
+                true
+            }
+            Err(e) => {
+                self.disk_is_full(shared, &e);
+                false
+            }
+        }
+    }
+
+    fn disk_is_full(&mut self, shared: &Shared, e: &dyn std::fmt::Display) {
+        if !shared.disk_full.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %e, "the disk is full: new messages are refused; reads, acknowledgements and expiry go on");
+            self.recover_wait = RECOVER_FIRST;
+            self.next_attempt = Instant::now() + RECOVER_FIRST;
+        }
+    }
 }
 
 /// Opens the write-ahead log (unless it is off and holds nothing to keep) and starts the
@@ -223,11 +295,22 @@ pub(crate) fn start(
     } else {
         None
     };
+    let mut w = Writer {
+        log,
+        next_gen: last_gen + 1,
+        reserve: Reserve::new(&shared.path, shared.config.reserve_bytes),
+        recover_wait: RECOVER_FIRST,
+        next_attempt: Instant::now(),
+        last_poll: Instant::now(),
+    };
+    // On a full disk the store opens in its disk-full state: reads and acknowledgements work,
+    // new messages wait for room.
+    w.keep_reserve(shared);
     let shared = Arc::clone(shared);
     let path = shared.path.clone();
     std::thread::Builder::new()
         .name("ferry-store-writer".into())
-        .spawn(move || run(&shared, &rx, last_gen, log))
+        .spawn(move || run(&shared, &rx, w))
         .map_err(|e| StoreError::from_io(&path, e))
 }
 
@@ -257,12 +340,8 @@ fn is_enqueue(op: &WriteOp) -> bool {
     matches!(op, WriteOp::Enqueue(_) | WriteOp::EnqueueBatch(_))
 }
 
-fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>) {
+fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, mut w: Writer) {
     let cfg = &shared.config;
-    let mut w = Writer {
-        log,
-        next_gen: last_gen + 1,
-    };
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_ops);
     let mut stopping = false;
     // Doubles (to a minute, or checkpoint_idle if longer) while idle checkpoints fail, on a
@@ -271,6 +350,36 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>
     let mut last_enqueue: Option<Instant> = None;
     while !stopping {
         let logged_bytes = w.log.as_ref().map_or(0, |l| l.wal.len());
+        if shared.disk_full.load(Ordering::Acquire) {
+            // Operations as they come (those that take space are refused at once), and every
+            // RECOVER_POLL, however busy, a look at whether the disk has room again.
+            let wait = RECOVER_POLL.saturating_sub(w.last_poll.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(job) => {
+                    batch.push(job);
+                    let bytes = batch.iter().map(|j| j.op.payload_bytes()).sum();
+                    fill(rx, cfg, &mut batch, bytes);
+                    shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+                    if let Some(pos) = batch.iter().position(|j| matches!(j.op, WriteOp::Shutdown))
+                    {
+                        stopping = true;
+                        for late in batch.drain(pos + 1..) {
+                            let _ = late.reply.send(Err(StoreError::Closed));
+                        }
+                    }
+                    commit_batch(shared, &mut batch, &mut w);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if !stopping && w.last_poll.elapsed() >= RECOVER_POLL {
+                w.last_poll = Instant::now();
+                if w.reserve.fits() || w.last_poll >= w.next_attempt {
+                    recover(shared, &mut batch, &mut w);
+                }
+            }
+            continue;
+        }
         let first = if logged_bytes > 0 {
             match rx.recv_timeout(idle_wait) {
                 Ok(job) => job,
@@ -323,6 +432,32 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Job>, last_gen: u64, log: Option<Log>
     // lets the syncer answer what it holds.
 }
 
+/// On a full disk: gives the reserve up and commits, so that what the log holds becomes
+/// durable, the pages acknowledgements and expiry freed become free in the file (redb trims
+/// free pages at its end), and the reserve can be made again, which ends the disk-full state.
+fn recover(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) {
+    let released = w.reserve.release();
+    let committed = commit_batch(shared, batch, w);
+    let mut room = committed && w.keep_reserve(shared);
+    if committed && !room {
+        // What acknowledgements and expiry freed is free inside the file, which keeps its
+        // size: compacting it gives that space back to the disk.
+        let compacted = shared.compact();
+        tracing::debug!(?compacted, "disk full: compacted the database");
+        room = matches!(compacted, Ok(true)) && w.keep_reserve(shared);
+    }
+    tracing::debug!(
+        released,
+        committed,
+        room,
+        "disk full: committed what frees space"
+    );
+    if !room {
+        w.recover_wait = w.recover_wait.saturating_mul(2).min(RECOVER_MAX);
+        w.next_attempt = Instant::now() + w.recover_wait;
+    }
+}
+
 /// Reopens the database (replaying the log), after an IO failure or a failed log fsync.
 fn reopen(shared: &Shared, w: &mut Writer) -> Result<Arc<Database>, StoreError> {
     let (db, last_gen, log_end) = shared.reopen()?;
@@ -335,7 +470,21 @@ fn reopen(shared: &Shared, w: &mut Writer) -> Result<Arc<Database>, StoreError> 
 }
 
 /// Applies, commits and answers (or hands to the syncer) a batch; returns whether it committed.
+/// While the disk is full, operations that take space are answered at once and only the
+/// rest is committed (a durable commit first gives the reserve up, to have room).
 fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> bool {
+    let disk_full = shared.disk_full.load(Ordering::Acquire);
+    if disk_full && !batch.is_empty() {
+        let (go_on, refused): (Vec<Job>, Vec<Job>) =
+            batch.drain(..).partition(|j| frees_space(&j.op));
+        for job in refused {
+            let _ = job.reply.send(Err(disk_full_error()));
+        }
+        *batch = go_on;
+        if batch.is_empty() {
+            return true;
+        }
+    }
     let started = Instant::now();
     let ops = batch.len();
     let db = match shared.current_db() {
@@ -370,6 +519,9 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
     let durability = if logged {
         Durability::None
     } else {
+        if disk_full {
+            w.reserve.release();
+        }
         Durability::Immediate
     };
     // The generation the database holds the log up to: written by every logged batch (redb
@@ -382,12 +534,19 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
         .filter(|l| logged || l.wal.len() > 0)
         .map(|_| gen_);
     let epoch = shared.epoch.load(Ordering::Acquire);
+    // Whether redb refuses the handle now (a failed commit); a failure before the commit
+    // (writing the log record) leaves it usable.
+    let mut poisoned = true;
     let result = db.and_then(|db| {
         let to_log = match &mut w.log {
             Some(log) if logged => Some((&mut log.wal, gen_)),
             _ => None,
         };
-        let outcomes = apply_all(&db, shared, batch, durability, record_gen, to_log)?;
+        let outcomes =
+            apply_all(&db, shared, batch, durability, record_gen, to_log).map_err(|f| {
+                poisoned = f.poisoned;
+                f.error
+            })?;
         if let Some(log) = &mut w.log
             && !logged
         {
@@ -408,6 +567,10 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
             c.commits.fetch_add(1, Ordering::Relaxed);
             if !logged {
                 c.checkpoints.fetch_add(1, Ordering::Relaxed);
+                // A durable commit on a full disk freed what it could: room again?
+                if disk_full {
+                    w.keep_reserve(shared);
+                }
             }
             c.ops.fetch_add(ops as u64, Ordering::Relaxed);
             c.max_batch.fetch_max(ops as u64, Ordering::Relaxed);
@@ -454,19 +617,26 @@ fn commit_batch(shared: &Arc<Shared>, batch: &mut Vec<Job>, w: &mut Writer) -> b
         }
         Err(e) => {
             c.failed_commits.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, ops, "group commit failed; nothing of it was stored");
+            if matches!(e, StoreError::DiskFull(_)) {
+                tracing::debug!(error = %e, ops, "group commit failed on a full disk");
+                w.disk_is_full(shared, &e);
+            } else {
+                tracing::warn!(error = %e, ops, "group commit failed; nothing of it was stored");
+            }
             for job in batch.drain(..) {
                 let _ = job.reply.send(Err(e.clone()));
             }
-            // redb refuses all further use of a handle after an IO error; open the file again
-            // so the node recovers once the cause (a full disk, say) is gone. That rolls the
-            // database back to its last durable commit and replays the log.
-            if matches!(
-                e,
-                StoreError::DiskFull(_) | StoreError::Unavailable | StoreError::Db(_)
-            ) && let Err(re) = reopen(shared, w)
+            // redb refuses all further use of a handle after an IO error in a commit; open
+            // the file again so the node recovers once the cause (a full disk, say) is gone.
+            // That rolls the database back to its last durable commit and replays the log.
+            if poisoned
+                && matches!(
+                    e,
+                    StoreError::DiskFull(_) | StoreError::Unavailable | StoreError::Db(_)
+                )
+                && let Err(re) = reopen(shared, w)
             {
-                tracing::warn!(error = %re, "reopening the database failed; will retry on the next write");
+                tracing::warn!(error = %re, "reopening the database failed; will retry");
             }
             false
         }
@@ -479,6 +649,22 @@ type Outcomes = Vec<Result<Outcome, StoreError>>;
 /// With `record_gen`, the transaction records that it holds the log up to that generation.
 /// With `log`, the batch's record (of that generation) is written to the log before the commit,
 /// and taken back if the commit fails: a batch is in the log only if it is in the database.
+/// Why a batch failed, and whether the database handle is still usable.
+struct Failure {
+    error: StoreError,
+    /// A commit failed (redb refuses the handle from now on), or something before it.
+    poisoned: bool,
+}
+
+impl<E: Into<StoreError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            error: e.into(),
+            poisoned: true,
+        }
+    }
+}
+
 fn apply_all(
     db: &Database,
     shared: &Shared,
@@ -486,7 +672,7 @@ fn apply_all(
     durability: Durability,
     record_gen: Option<u64>,
     log: Option<(&mut Wal, u64)>,
-) -> Result<Outcomes, StoreError> {
+) -> Result<Outcomes, Failure> {
     let cfg = &shared.config;
     let mut txn = db.begin_write()?;
     txn.set_durability(durability)?;
@@ -497,7 +683,7 @@ fn apply_all(
             match apply(&mut t, cfg, &job.op) {
                 Ok(o) => outcomes.push(Ok(o)),
                 Err(ApplyError::Refused(e)) => outcomes.push(Err(e)),
-                Err(ApplyError::Fatal(e)) => return Err(e),
+                Err(ApplyError::Fatal(e)) => return Err(e.into()),
             }
         }
         if let Some(g) = record_gen {
@@ -514,7 +700,11 @@ fn apply_all(
                 batch.iter().zip(&outcomes).map(|(j, o)| (&j.op, o.is_ok())),
             );
             let at = wal.len();
-            wal.append(&record).map_err(wal_err)?;
+            // The transaction is dropped (aborted) on failure: the handle stays usable.
+            wal.append(&record).map_err(|e| Failure {
+                error: wal_err(e),
+                poisoned: false,
+            })?;
             if let Err(e) = txn.commit() {
                 if let Err(re) = wal.retract(at) {
                     tracing::warn!(error = %re, "taking a record back from the write-ahead log failed; a replay may store the batch that failed");

@@ -1,7 +1,8 @@
 //! A real full disk: the store runs on a 4 MiB tmpfs (in a private mount namespace, so the
-//! host is untouched) that fills up. Writes must fail with `DiskFull` and store nothing,
-//! everything stored before stays readable, and once space is freed the store recovers by
-//! itself (redb poisons its handle after an IO error; the store reopens the file).
+//! host is untouched) that fills up. Writes must fail with `DiskFull` and store nothing;
+//! everything stored before stays readable; acknowledgements and expiry go on (they free
+//! space, with the reserve's room); a restart on the full disk serves reads; and once space
+//! is freed the store takes writes again by itself.
 //!
 //! Needs root (for the mount namespace), which CI has. Without root it says so and skips.
 
@@ -15,22 +16,40 @@ use std::process::Command;
 use common::*;
 use ferry_store::{Store, StoreConfig, StoreError};
 
+/// Waits (up to `secs`) until `f` holds.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 20 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
 #[test]
 fn disk_full_child() {
     let Ok(dir) = std::env::var("FERRY_DISK_FULL_DIR") else {
         return;
     };
     let dir = Path::new(&dir);
-    let store = Store::open(
-        dir.join("full.redb"),
-        StoreConfig {
-            max_total_bytes: u64::MAX / 2,
-            max_recipient_bytes: u64::MAX / 2,
-            max_recipient_messages: u64::MAX / 2,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let config = || StoreConfig {
+        max_total_bytes: u64::MAX / 2,
+        max_recipient_bytes: u64::MAX / 2,
+        max_recipient_messages: u64::MAX / 2,
+        checkpoint_bytes: 256 * 1024,
+        reserve_bytes: 512 * 1024,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.join("full.redb"), config()).unwrap();
+    assert!(!store.disk_full());
+    // Messages that expire in a second, for the sweep to remove while the disk is full.
+    for id in 0..20 {
+        store
+            .enqueue(msg(mailbox(3), 1_000_000 + id, &[7; 2000], T0, 1_000))
+            .wait()
+            .unwrap();
+    }
     // Ballast we can delete later to free space.
     std::fs::write(dir.join("ballast"), vec![0u8; 1024 * 1024]).unwrap();
     let mut acked = Vec::new();
@@ -52,79 +71,70 @@ fn disk_full_child() {
         "expected DiskFull, got {err:?}"
     );
     assert!(err.is_exhausted());
-    // While the disk is full, each write either fails cleanly or (when it fits in pages the
-    // failed commit left free) succeeds; either way its answer is the truth.
-    let mut refused = 1;
+    assert!(store.disk_full());
+    // While the disk is full: new messages are refused at once...
     for _ in 0..10 {
         id += 1;
-        match store
+        let e = store
             .enqueue(msg(mailbox(1), id, &[id as u8; 2000], T0, HOUR))
             .wait()
-        {
-            Ok(e) => acked.push((id, e.seq)),
-            Err(e) => {
-                assert!(
-                    e.is_exhausted() || e.is_transient(),
-                    "unexpected error {e:?}"
-                );
-                refused += 1;
-            }
-        }
+            .unwrap_err();
+        assert!(matches!(e, StoreError::DiskFull(_)), "{e:?}");
     }
-    println!("DISKFULL refused {refused} writes while full");
-    // Free space; the store must recover without a restart.
+    // ... reads work, and see everything acknowledged ...
+    let read = |store: &Store| -> Vec<(u64, u64)> {
+        store
+            .fetch(&mailbox(1), 0, u32::MAX, usize::MAX, T0)
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert_eq!(m.payload, vec![m.payload[0]; 2000]);
+                (
+                    u64::from_be_bytes(m.message_id.as_bytes()[8..].try_into().unwrap()),
+                    m.seq,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(read(&store), acked, "stored messages changed");
+    // ... acknowledgements are taken ...
+    let (half_id, half_seq) = acked[acked.len() / 2];
+    store.ack(mailbox(1), half_seq).wait().unwrap();
+    acked.retain(|(i, _)| *i > half_id);
+    assert_eq!(read(&store), acked);
+    // ... and expiry removes what is due.
+    let expired = store.sweep(T0 + 2_000).wait().unwrap();
+    assert_eq!(expired, 20);
+    println!("DISKFULL reads, an ack and a sweep of {expired} served while full");
+    // A restart on the full disk serves reads and acknowledgements.
+    store.close();
+    let store = Store::open(dir.join("full.redb"), config()).unwrap();
+    assert!(store.disk_full(), "still full");
+    assert_eq!(read(&store), acked);
+    let (q_id, q_seq) = acked[acked.len() / 4];
+    store.ack(mailbox(1), q_seq).wait().unwrap();
+    acked.retain(|(i, _)| *i > q_id);
+    assert_eq!(read(&store), acked);
+    println!("DISKFULL reopened on the full disk: reads and an ack served");
+    // Space comes back: the store takes writes again by itself, with no write needed to
+    // notice, and reads never stopped.
     std::fs::remove_file(dir.join("ballast")).unwrap();
-    let mut recovered = None;
-    for _ in 0..20 {
-        id += 1;
-        match store
-            .enqueue(msg(mailbox(2), id, b"after", T0, HOUR))
-            .wait()
-        {
-            Ok(e) => {
-                recovered = Some(e);
-                break;
-            }
-            Err(e) => {
-                println!("still failing: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-    }
     assert!(
-        recovered.is_some(),
-        "store did not recover after space was freed"
+        eventually(10, || !store.disk_full()),
+        "still refusing writes"
     );
-    // Everything acknowledged before the disk filled is intact.
-    let stored = store
-        .fetch(&mailbox(1), 0, u32::MAX, usize::MAX, T0)
+    assert_eq!(read(&store), acked);
+    id += 1;
+    store
+        .enqueue(msg(mailbox(2), id, b"after", T0, HOUR))
+        .wait()
         .unwrap();
-    let got: Vec<(u64, u64)> = stored
-        .iter()
-        .map(|m| {
-            (
-                u64::from_be_bytes(m.message_id.as_bytes()[8..].try_into().unwrap()),
-                m.seq,
-            )
-        })
-        .collect();
-    assert_eq!(got, acked, "stored messages changed");
-    for m in &stored {
-        assert_eq!(m.payload, vec![m.payload[0]; 2000]);
-    }
-    assert!(store.writer_stats().reopens >= 1);
     // The counts quotas use include no write of a failed commit.
     assert_eq!(store.stats().unwrap().messages, acked.len() as u64 + 1);
     store.close();
     // And it all survives a clean reopen.
-    let store = Store::open(dir.join("full.redb"), StoreConfig::default()).unwrap();
-    assert_eq!(
-        store
-            .fetch(&mailbox(1), 0, u32::MAX, usize::MAX, T0)
-            .unwrap()
-            .len(),
-        acked.len()
-    );
+    let store = Store::open(dir.join("full.redb"), config()).unwrap();
+    assert_eq!(read(&store), acked);
     println!("DISKFULL-OK {}", acked.len());
 }
 
