@@ -31,8 +31,16 @@ pub struct ConnectOptions {
     pub server_name: String,
     /// Give up on the handshake after this long.
     pub connect_timeout: Duration,
-    /// QUIC keep-alive interval (keeps NAT bindings open on mesh routers).
+    /// QUIC keep-alive interval (keeps NAT bindings open on mesh routers, and finds out that
+    /// a node restarted: it answers the first packet on the old connection with a reset).
     pub keep_alive: Duration,
+    /// A connection that hears nothing from the node for this long is dead (the node is gone
+    /// and has not come back). The node's own limit is 300 s; the shorter one applies.
+    pub idle_timeout: Duration,
+    /// A call whose answer takes longer than this (beyond the wait a long poll asks for)
+    /// fails with [`ClientError::Timeout`] and closes the connection: the node is not
+    /// answering on it.
+    pub request_timeout: Duration,
 }
 
 impl ConnectOptions {
@@ -47,7 +55,9 @@ impl ConnectOptions {
             trust,
             server_name: "ferry.node".into(),
             connect_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(20),
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -68,6 +78,7 @@ pub struct Client {
     owns_endpoint: bool,
     conn: quinn::Connection,
     next_request: AtomicU32,
+    request_timeout: Duration,
     node_cert: Fingerprint,
     identity: Mutex<Option<IdentityKey>>,
     push: Mutex<Option<mpsc::Receiver<PushEvent>>>,
@@ -148,7 +159,7 @@ impl Client {
         transport
             .keep_alive_interval(Some(opts.keep_alive))
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(Duration::from_secs(300))
+                quinn::IdleTimeout::try_from(opts.idle_timeout)
                     .map_err(|e| connect_err(e.to_string()))?,
             ))
             .max_concurrent_bidi_streams(0u32.into())
@@ -212,6 +223,7 @@ impl Client {
             owns_endpoint: false,
             conn,
             next_request: AtomicU32::new(1),
+            request_timeout: opts.request_timeout,
             node_cert,
             identity: Mutex::new(None),
             push: Mutex::new(Some(rx)),
@@ -239,7 +251,38 @@ impl Client {
     }
 
     /// Sends one raw request frame payload and returns the status and response payload.
+    /// Gives up after the connection's request timeout.
     pub async fn call_raw(
+        &self,
+        method_id: u16,
+        payload: &[u8],
+    ) -> Result<(Status, Vec<u8>), ClientError> {
+        self.call_raw_within(method_id, payload, self.request_timeout)
+            .await
+    }
+
+    /// [`Client::call_raw`], giving up after `within`: the node is then not answering on this
+    /// connection, which is closed ([`ClientError::Timeout`]).
+    pub async fn call_raw_within(
+        &self,
+        method_id: u16,
+        payload: &[u8],
+        within: Duration,
+    ) -> Result<(Status, Vec<u8>), ClientError> {
+        match tokio::time::timeout(within, self.exchange(method_id, payload)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.conn.close(0u32.into(), b"no answer");
+                Err(ClientError::Timeout {
+                    method: Method::from_id(method_id)
+                        .map_or_else(|| method_id.to_string(), |m| m.name().to_string()),
+                    after: within,
+                })
+            }
+        }
+    }
+
+    async fn exchange(
         &self,
         method_id: u16,
         payload: &[u8],
@@ -271,7 +314,18 @@ impl Client {
         method: Method,
         req: &Req,
     ) -> Result<Resp, ClientError> {
-        let (status, body) = self.call_raw(method.id(), &req.encode_to_vec()).await?;
+        self.call_within(method, req, self.request_timeout).await
+    }
+
+    async fn call_within<Req: Message, Resp: Message + Default>(
+        &self,
+        method: Method,
+        req: &Req,
+        within: Duration,
+    ) -> Result<Resp, ClientError> {
+        let (status, body) = self
+            .call_raw_within(method.id(), &req.encode_to_vec(), within)
+            .await?;
         if status != Status::Ok {
             return Err(ClientError::status(method, status, &body));
         }
@@ -408,17 +462,20 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<pb::Envelope>, ClientError> {
         let (recipient_key, channel_id, device_id) = Self::read_fields(mailbox);
+        let req = pb::FetchWaitRequest {
+            recipient_key,
+            channel_id,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            limit,
+            device_id,
+        };
+        // The node answers within the wait it honours (at most MAX_FETCH_WAIT_MS); past that
+        // and the request timeout, it is gone.
+        let wait = timeout.min(Duration::from_millis(
+            ferry_proto::limits::MAX_FETCH_WAIT_MS,
+        ));
         let r: pb::FetchWaitResponse = self
-            .call(
-                Method::FetchWait,
-                &pb::FetchWaitRequest {
-                    recipient_key,
-                    channel_id,
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                    limit,
-                    device_id,
-                },
-            )
+            .call_within(Method::FetchWait, &req, wait + self.request_timeout)
             .await?;
         Ok(r.payloads)
     }
@@ -535,8 +592,11 @@ impl Client {
         after_seq: u64,
         timeout: Duration,
     ) -> Result<Vec<pb::BroadcastEnvelope>, ClientError> {
+        let wait = timeout.min(Duration::from_millis(
+            ferry_proto::limits::MAX_FETCH_WAIT_MS,
+        ));
         let r: pb::BroadcastFetchResponse = self
-            .call(
+            .call_within(
                 Method::BroadcastFetch,
                 &pb::BroadcastFetchRequest {
                     topic: topic.to_vec(),
@@ -544,6 +604,7 @@ impl Client {
                     limit: 0,
                     timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 },
+                wait + self.request_timeout,
             )
             .await?;
         Ok(r.messages)

@@ -45,6 +45,14 @@ pub enum ClientError {
     /// A stream failed.
     #[error("stream error: {0}")]
     Stream(String),
+    /// The node did not answer in time; the connection was closed.
+    #[error("{method}: no answer from the node within {after:?}")]
+    Timeout {
+        /// The method called.
+        method: String,
+        /// How long the client waited.
+        after: std::time::Duration,
+    },
     /// The node answered with a non-Ok status.
     #[error("{method} failed: {status}: {message}")]
     Status {
@@ -133,9 +141,10 @@ impl ClientError {
     /// True when retrying the same call later may succeed (connection trouble, overload).
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Connection(_) | ClientError::Stream(_) | ClientError::Connect { .. } => {
-                true
-            }
+            ClientError::Connection(_)
+            | ClientError::Stream(_)
+            | ClientError::Connect { .. }
+            | ClientError::Timeout { .. } => true,
             ClientError::Status { status, .. } => matches!(
                 status,
                 Status::RateLimited | Status::Unavailable | Status::DeadlineExceeded

@@ -161,12 +161,13 @@ pub(crate) fn bind_udp(
 fn bind_endpoint(
     listen: &str,
     server: quinn::ServerConfig,
+    endpoint: &quinn::EndpointConfig,
     recv_buffer: usize,
 ) -> Result<quinn::Endpoint, NodeError> {
     let mut last = None;
     for addr in bind_addr(listen)? {
         let bound = bind_udp("client", addr, recv_buffer)
-            .and_then(|b| b.endpoint(quinn::EndpointConfig::default(), Some(server.clone())));
+            .and_then(|b| b.endpoint(endpoint.clone(), Some(server.clone())));
         match bound {
             Ok(e) => return Ok(e),
             Err(e) => {
@@ -209,9 +210,19 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         path: dir.clone(),
         source: std::io::Error::other("store open task failed"),
     })??;
+    // Keyed by the certificate's key, which the node keeps: after a restart (kill -9, a power
+    // cut) the first packet a client sends on its old connection is answered with a reset it
+    // accepts, and it reconnects at once instead of waiting out its idle timeout.
+    let endpoint_cfg = ferry_mesh::driver::quic_transport::endpoint_config(
+        &[
+            b"ferry client endpoint v1".as_slice(),
+            node_cert.key.secret_der(),
+        ]
+        .concat(),
+    );
     let server = server_config(&cfg, node_cert)?;
-    let endpoint =
-        node_span.in_scope(|| bind_endpoint(&cfg.listen, server, cfg.udp_receive_buffer))?;
+    let endpoint = node_span
+        .in_scope(|| bind_endpoint(&cfg.listen, server, &endpoint_cfg, cfg.udp_receive_buffer))?;
     let local_addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
         addr: cfg.listen.clone(),
         source,

@@ -341,6 +341,66 @@ async fn a_changed_certificate_is_refused_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has changed"));
 }
 
+/// `ferry inbox --follow` whose node is killed with SIGKILL and started again (a router that
+/// lost power): the restarted node resets the client's old connection on its next keep-alive,
+/// and the client reconnects and shows what was sent after the restart within seconds (it hung
+/// for five minutes, until its idle timeout).
+#[test]
+fn inbox_follow_survives_its_node_being_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let node = NodeProc::start(&data, "127.0.0.1:0");
+    let addr = node.addr.clone();
+    let cfg = dir.path().join("cfg");
+    let (a, b) = (cfg.join("alice.json"), cfg.join("bob.json"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    ferry(&cfg, &["id", "new", "--out", a]);
+    let bob: serde_json::Value =
+        serde_json::from_str(&ferry(&cfg, &["id", "new", "--out", b, "--json"])).unwrap();
+    let to = bob["public_key"].as_str().unwrap().to_string();
+    let mut follow = Command::new(FERRY)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .args(["inbox", "--follow", "--json", "--node", &addr, "--id", b])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    ferry(
+        &cfg,
+        &["send", "--node", &addr, "--id", a, "--to", &to, "before"],
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("first message");
+    assert!(line.contains("before"), "{line}");
+    // Power cut: SIGKILL, no goodbye on the connection; back on the same port.
+    drop(node);
+    let node = NodeProc::start(&data, &addr);
+    let restarted = Instant::now();
+    ferry(
+        &cfg,
+        &["send", "--node", &addr, "--id", a, "--to", &to, "after"],
+    );
+    // Within the client's keep-alive (2 s) and a reconnect: well before its idle timeout
+    // (10 s), which is all it had without the restarted node's reset.
+    let line = rx
+        .recv_timeout(Duration::from_secs(8))
+        .expect("the follower shows what was sent after the restart");
+    assert!(line.contains("after"), "{line}");
+    eprintln!("shown {:?} after the restart", restarted.elapsed());
+    let _ = follow.kill();
+    let _ = follow.wait();
+    drop(node);
+}
+
 fn ferry(cfg: &Path, args: &[&str]) -> String {
     let out = Command::new(FERRY)
         .env("XDG_CONFIG_HOME", cfg)

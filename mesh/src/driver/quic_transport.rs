@@ -328,7 +328,7 @@ impl QuicTransport {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport_config());
         let endpoint = quinn::Endpoint::new(
-            endpoint_config(&secret),
+            endpoint_config(&secret[..]),
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -342,12 +342,13 @@ impl QuicTransport {
     }
 }
 
-/// Connection ids and stateless-reset tokens keyed by the node key, so they survive a
-/// restart: when a hub is killed and comes back, the first packet an edge sends on its old
-/// connection is recognised as one of ours and answered with a reset the edge accepts, and the
-/// edge redials at once instead of waiting out the idle timeout. (With quinn's per-process
+/// Connection ids and stateless-reset tokens keyed by a secret the node keeps (its node key;
+/// for the client listener, its certificate key), so they survive a restart: when a node is
+/// killed and comes back, the first packet a peer or client sends on its old connection is
+/// recognised as one of ours and answered with a reset the other side accepts, and it
+/// reconnects at once instead of waiting out the idle timeout. (With quinn's per-process
 /// random keys the new process drops such packets as carrying an invalid connection id.)
-fn endpoint_config(secret: &[u8; 32]) -> quinn::EndpointConfig {
+pub fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
     let derive = |label: &[u8]| {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(label);

@@ -33,26 +33,37 @@ pub(crate) async fn run(args: InboxArgs) -> anyhow::Result<()> {
     let id = super::load_identity(&path)?;
     let mut seen =
         SeenLog::open(&path.with_extension("seen")).context("opening the seen-messages journal")?;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_RETRY;
     loop {
-        match session(&args, &id, &mut seen).await {
+        let mut connected = false;
+        match session(&args, &id, &mut seen, &mut connected).await {
             Ok(()) => return Ok(()),
             Err(e) if args.follow => {
+                if connected {
+                    backoff = FIRST_RETRY;
+                }
                 tracing::warn!(error = %format!("{e:#}"), "connection lost; reconnecting in {:?}", backoff);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(LAST_RETRY);
             }
             Err(e) => return Err(e),
         }
     }
 }
 
+/// `--follow` retries a lost node after this, doubling while it stays away...
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// ... up to this (a power-cycled router is back within a retry or two of booting).
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
 async fn session(
     args: &InboxArgs,
     id: &ferry_client::Identity,
     seen: &mut SeenLog,
+    connected: &mut bool,
 ) -> anyhow::Result<()> {
     let client = login(&args.node, id).await?;
+    *connected = true;
     let mailbox = MailboxAddr::default_for(id.public_key());
     loop {
         let batch = if args.follow {

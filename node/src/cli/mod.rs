@@ -80,7 +80,12 @@ impl NodeFlags {
                     .unwrap_or_else(Trust::default_known_nodes),
             ),
         };
-        Ok(ConnectOptions::with_trust(trust))
+        let mut opts = ConnectOptions::with_trust(trust);
+        // A person at a terminal: find out within seconds that the node went away (or was
+        // restarted: it resets the old connection on the next keep-alive), not minutes.
+        opts.keep_alive = std::time::Duration::from_secs(2);
+        opts.idle_timeout = std::time::Duration::from_secs(10);
+        Ok(opts)
     }
 
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
