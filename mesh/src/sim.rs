@@ -146,14 +146,22 @@ impl SimConfig {
 /// One event of a scenario's timeline.
 #[derive(Clone, Debug)]
 pub enum ScenarioEvent {
-    /// A link fails.
+    /// A link fails, and both ends are told at once (their drivers saw the connection close).
     LinkDown(usize),
+    /// A link stops carrying anything, and nobody is told: its ends find out by hearing
+    /// nothing (a radio out of range, a cable pulled). [`ScenarioEvent::LinkUp`] restores it.
+    LinkSilent(usize),
     /// A link recovers.
     LinkUp(usize),
-    /// A node crashes.
+    /// A node crashes; its neighbours' drivers see the links close.
     Crash(usize),
-    /// A node restarts.
+    /// A node loses power: its neighbours are not told, their links to it go silent.
+    CrashSilent(usize),
+    /// A node restarts and rediscovers its neighbours (mDNS).
     Restart(usize),
+    /// A node restarts without discovery: it knows its neighbours only from before the
+    /// restart (they have it as a static peer, say).
+    RestartAlone(usize),
     /// A user attaches at a node.
     Attach {
         /// User index.
@@ -373,6 +381,8 @@ pub struct Report {
     pub lost: Vec<u64>,
     /// Median time from send to shown.
     pub median_latency_ms: u64,
+    /// Every shown message: (message number, sent at, time from send to shown).
+    pub shown: Vec<(u64, u64, u64)>,
     /// Bundle transmissions on links.
     pub bundle_transmissions: u64,
     /// Sum over shown messages of shortest-path hops from sending node to fetching node.
@@ -435,6 +445,7 @@ struct Durable {
     dedup: Map<(MessageId, IdentityKey), u64>,
     presence: Map<IdentityKey, Claim>,
     seqno: u32,
+    peers: Vec<(NodeId, Vec<SocketAddr>)>,
 }
 
 impl Durable {
@@ -521,6 +532,7 @@ enum Write {
     Evict(IdentityKey),
     Presence(Claim),
     Seqno(u32),
+    Peers(Vec<(NodeId, Vec<SocketAddr>)>),
     Ack {
         user: IdentityKey,
         upto: u64,
@@ -551,6 +563,9 @@ struct Sent {
     shown: u32,
 }
 
+/// A frame a silent link holds: to, from, the link's epoch, the frame.
+type Held = (usize, usize, u64, Vec<u8>);
+
 struct World<'a> {
     sc: &'a Scenario,
     now: u64,
@@ -565,6 +580,8 @@ struct World<'a> {
     next_epoch: u64,
     /// Last delivery time per directed edge (streams deliver in order).
     last_delivery: Map<(usize, usize), u64>,
+    /// Frames sent on silent links, per link, in order: delivered when it carries again.
+    held: Map<usize, Vec<Held>>,
     link_of: Map<(usize, usize), usize>,
     by_id: Map<NodeId, usize>,
     sent: Map<u64, Sent>,
@@ -639,6 +656,7 @@ impl<'a> World<'a> {
             mesh_links: Map::default(),
             next_epoch: 1,
             last_delivery: Map::default(),
+            held: Map::default(),
             link_of,
             by_id,
             sent: Map::default(),
@@ -783,6 +801,15 @@ impl<'a> World<'a> {
             *self.excess.entry(n).or_insert(0) += d.saturating_sub(charged);
         }
         let bytes = wire::encode(msg);
+        if !self.link_up[link] {
+            // A silent link: the stream holds it, and delivers it once the link carries again
+            // (QUIC retransmits) unless the link is closed first.
+            self.held
+                .entry(link)
+                .or_default()
+                .push((to, from, epoch, bytes));
+            return;
+        }
         let at = (self.now + d).max(self.last_delivery.get(&(from, to)).copied().unwrap_or(0));
         self.last_delivery.insert((from, to), at);
         self.schedule(
@@ -835,6 +862,7 @@ impl<'a> World<'a> {
             Output::EvictUser(u) => self.write(i, Write::Evict(u)),
             Output::StorePresence(c) => self.write(i, Write::Presence(c)),
             Output::PersistSeqno(s) => self.write(i, Write::Seqno(s)),
+            Output::PersistPeers(p) => self.write(i, Write::Peers(p)),
             Output::Connect { peer, .. } => {
                 let Some(&j) = self.by_id.get(&peer) else {
                     return;
@@ -1045,6 +1073,7 @@ impl<'a> World<'a> {
                 }
             }
             Write::Seqno(s) => self.nodes[i].durable.seqno = self.nodes[i].durable.seqno.max(s),
+            Write::Peers(p) => self.nodes[i].durable.peers = p,
             Write::Ack { user, upto } => {
                 if let Some(mb) = self.nodes[i].durable.mailboxes.get_mut(&user) {
                     mb.retain(|seq, _| *seq > upto);
@@ -1081,9 +1110,28 @@ impl<'a> World<'a> {
                 let (a, b) = (self.sc.links[l].a, self.sc.links[l].b);
                 self.link_down_mesh(a, b);
             }
+            ScenarioEvent::LinkSilent(l) => {
+                if !self.healed {
+                    self.link_up[l] = false;
+                }
+            }
             ScenarioEvent::LinkUp(l) => {
                 self.link_up[l] = true;
+                self.release_held(l);
             }
+            ScenarioEvent::CrashSilent(n) => {
+                if self.healed || !self.alive(n) {
+                    return;
+                }
+                self.report.crashes += 1;
+                // The transport's state goes with the process: the neighbours keep their
+                // links until they notice the silence.
+                self.mesh_links.retain(|(a, b), _| *a != n && *b != n);
+                self.nodes[n].mesh = None;
+                self.nodes[n].incarnation += 1;
+                self.nodes[n].timer_at = None;
+            }
+            ScenarioEvent::RestartAlone(n) => self.restart(n, false),
             ScenarioEvent::Crash(n) => {
                 if self.healed || !self.alive(n) {
                     return;
@@ -1110,7 +1158,7 @@ impl<'a> World<'a> {
                 self.nodes[n].incarnation += 1;
                 self.nodes[n].timer_at = None;
             }
-            ScenarioEvent::Restart(n) => self.restart(n),
+            ScenarioEvent::Restart(n) => self.restart(n, true),
             ScenarioEvent::Attach { user, node } => {
                 if !self.alive(node) {
                     return;
@@ -1179,10 +1227,11 @@ impl<'a> World<'a> {
                 self.healed = true;
                 for l in 0..self.link_up.len() {
                     self.link_up[l] = true;
+                    self.release_held(l);
                 }
                 for n in 0..self.nodes.len() {
                     if !self.alive(n) {
-                        self.restart(n);
+                        self.restart(n, true);
                     }
                 }
                 // Nodes redial what they know (their backoffs would get there too, slower).
@@ -1194,7 +1243,7 @@ impl<'a> World<'a> {
         self.pump_all();
     }
 
-    fn restart(&mut self, n: usize) {
+    fn restart(&mut self, n: usize, discover: bool) {
         if self.alive(n) {
             return;
         }
@@ -1232,8 +1281,59 @@ impl<'a> World<'a> {
                 }
             }
         }
-        self.discover_neighbours(n);
+        let peers = self.nodes[n].durable.peers.clone();
+        if let Some(m) = self.nodes[n].mesh.as_mut() {
+            m.handle_restored_peers(now, peers);
+        }
+        if discover {
+            self.discover_neighbours(n);
+        }
         self.pump(n);
+    }
+
+    /// Delivers what a link held while it was silent, in order, once it carries again.
+    fn release_held(&mut self, l: usize) {
+        let latency = self.sc.links[l].latency_ms;
+        for (to, from, epoch, bytes) in self.held.remove(&l).unwrap_or_default() {
+            let at =
+                (self.now + latency).max(self.last_delivery.get(&(from, to)).copied().unwrap_or(0));
+            self.last_delivery.insert((from, to), at);
+            self.schedule(
+                at,
+                Ev::Deliver {
+                    to,
+                    from,
+                    epoch,
+                    bytes,
+                },
+            );
+        }
+    }
+
+    /// What each of node `i`'s links hears: every link that carries and whose far end runs
+    /// (keep-alives flow both ways every second; the driver reports four times a second).
+    fn hear(&mut self, i: usize) {
+        let now = self.now;
+        let heard: Vec<NodeId> = self
+            .mesh_links
+            .keys()
+            .filter_map(|(a, b)| {
+                let j = if *a == i {
+                    *b
+                } else if *b == i {
+                    *a
+                } else {
+                    return None;
+                };
+                let carries = self.link_of.get(&(i, j)).is_some_and(|l| self.link_up[*l]);
+                (carries && self.alive(j)).then(|| self.nodes[j].id)
+            })
+            .collect();
+        if let Some(m) = self.nodes[i].mesh.as_mut() {
+            for peer in heard {
+                m.handle_link_heard(now, peer);
+            }
+        }
     }
 
     fn fetch(&mut self, u: usize) {
@@ -1282,6 +1382,9 @@ impl<'a> World<'a> {
                 self.report.delivered_short += 1;
             }
             self.latencies.push(now.saturating_sub(m.sent_at));
+            self.report
+                .shown
+                .push((m.n, m.sent_at, now.saturating_sub(m.sent_at)));
             self.report.shortest_path_hops += self.sc.distance(m.origin, n);
         }
         self.write(n, Write::Ack { user: ident, upto });
@@ -1302,6 +1405,7 @@ impl<'a> World<'a> {
                 Ev::Timer(i) => {
                     if self.nodes[i].timer_at == Some(t) {
                         self.nodes[i].timer_at = None;
+                        self.hear(i);
                         if let Some(m) = self.nodes[i].mesh.as_mut() {
                             m.handle_timeout(t);
                         }
@@ -1344,6 +1448,15 @@ impl<'a> World<'a> {
                     }
                     self.mesh_links.insert(key, epoch);
                     let (ia, ib) = (self.nodes[a].id, self.nodes[b].id);
+                    // An end that still has a link to the other (its far end restarted and
+                    // it has not noticed) drops it for the new one, as the driver does.
+                    for (x, y) in [(a, ib), (b, ia)] {
+                        if let Some(m) = self.nodes[x].mesh.as_mut()
+                            && m.neighbours().contains(&y)
+                        {
+                            m.handle_link_down(t, y);
+                        }
+                    }
                     let ok_a = self.nodes[a]
                         .mesh
                         .as_mut()
@@ -1449,14 +1562,14 @@ pub fn run_flooding(sc: &Scenario) -> FloodReport {
     let mut work: VecDeque<usize> = VecDeque::new();
     for (_, ev) in &sc.events {
         match ev {
-            ScenarioEvent::LinkDown(l) => up[*l] = false,
+            ScenarioEvent::LinkDown(l) | ScenarioEvent::LinkSilent(l) => up[*l] = false,
             ScenarioEvent::LinkUp(l) => {
                 up[*l] = true;
                 work.push_back(sc.links[*l].a);
                 work.push_back(sc.links[*l].b);
             }
-            ScenarioEvent::Crash(x) => alive[*x] = false,
-            ScenarioEvent::Restart(x) => {
+            ScenarioEvent::Crash(x) | ScenarioEvent::CrashSilent(x) => alive[*x] = false,
+            ScenarioEvent::Restart(x) | ScenarioEvent::RestartAlone(x) => {
                 alive[*x] = true;
                 work.push_back(*x);
                 work.extend(adj[*x].iter().map(|(y, _)| *y));

@@ -389,3 +389,77 @@ async fn custody_survives_a_restart() {
     assert_eq!(got.len(), 3);
     mesh.shutdown().await;
 }
+
+/// A node that restarts redials its neighbours from before at once, though they never
+/// discovered it (it had dialled them; they know it only as an incoming link): over both
+/// transports, and from one to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_redials_its_neighbours_from_before() {
+    for (ka, kb) in [
+        (Kind::Iroh, Kind::Iroh),
+        (Kind::Quic, Kind::Quic),
+        (Kind::Iroh, Kind::Quic),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let peers_file = dir.path().join("mesh-peers");
+        let b = node(kb, 41).await;
+        let start = |kind: Kind| {
+            let dir = dir.path().to_path_buf();
+            let peers_file = peers_file.clone();
+            async move {
+                let store = Store::open(dir.join("db.redb"), StoreConfig::default()).unwrap();
+                let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+                let t: Arc<dyn Transport> = match kind {
+                    Kind::Iroh => Arc::new(IrohTransport::bind(key(40), bind).await.unwrap()),
+                    Kind::Quic => Arc::new(QuicTransport::bind(key(40), bind).unwrap()),
+                };
+                let opts = ferry_mesh::driver::Options {
+                    hop_limit: 16,
+                    peers_file: Some(peers_file),
+                };
+                let (mesh, _ev) = MeshHandle::start_with(
+                    Config::new(t.node_id()),
+                    Arc::new(store.clone()),
+                    t,
+                    opts,
+                )
+                .await
+                .unwrap();
+                (mesh, store)
+            }
+        };
+        let (a, store) = start(ka).await;
+        let a_id = a.node_id();
+        // a dials b; b has a only as an incoming link.
+        a.discovered(b.mesh.node_id(), &[b.addr], PeerSource::Static);
+        until("linked", Duration::from_secs(10), || {
+            b.mesh.peers().iter().any(|p| p.node == a_id && p.linked)
+        })
+        .await;
+        until("kept for a restart", Duration::from_secs(5), || {
+            std::fs::read_to_string(&peers_file)
+                .is_ok_and(|t| t.contains(&b.mesh.node_id().to_hex()))
+        })
+        .await;
+        a.shutdown().await;
+        store.close();
+        until("unlinked", Duration::from_secs(15), || {
+            !b.mesh.peers().iter().any(|p| p.node == a_id && p.linked)
+        })
+        .await;
+        // Back, with no discovery at all: it redials b from what it kept.
+        let t = Instant::now();
+        let (a, store) = start(ka).await;
+        until("relinked", Duration::from_secs(5), || {
+            b.mesh.peers().iter().any(|p| p.node == a_id && p.linked)
+        })
+        .await;
+        eprintln!(
+            "{ka:?} -> {kb:?}: relinked {:?} after the restart",
+            t.elapsed()
+        );
+        a.shutdown().await;
+        store.close();
+        b.mesh.shutdown().await;
+    }
+}

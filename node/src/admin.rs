@@ -117,8 +117,11 @@ async fn answer(state: &State, cmd: &str) -> Value {
                             "mdns": p.mdns,
                             "configured": p.configured,
                             "exchanged_by": p.exchanged_by.map(|n| n.to_hex()),
+                            "restored": p.restored,
                             "age_ms": p.age_ms,
                             "failures": p.failures,
+                            "suspect": p.suspect,
+                            "heard_ms_ago": p.heard_ms_ago,
                         })
                     })
                     .collect(),

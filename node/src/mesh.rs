@@ -230,7 +230,11 @@ pub(crate) async fn start(
     if cfg.role == Role::Hub {
         core.role = ROLE_HUB.into();
     }
-    let (handle, events) = MeshHandle::start(core, Arc::new(store), transport, cfg.mesh.hop_limit)
+    let opts = driver::Options {
+        hop_limit: cfg.mesh.hop_limit,
+        peers_file: Some(cfg.data_dir.join("mesh-peers")),
+    };
+    let (handle, events) = MeshHandle::start_with(core, Arc::new(store), transport, opts)
         .await
         .map_err(mesh_err)?;
     tracing::info!(

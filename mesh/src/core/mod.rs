@@ -40,6 +40,9 @@ use peers::PeerTable;
 use presence::PresenceTable;
 use routes::Routes;
 
+/// Failed dials after which a peer known only by exchange is no longer dialled.
+const MAX_EXCHANGED_DIALS: u32 = 2;
+
 /// The role of a federation hub (in [`Config::role`] and Hello).
 pub const ROLE_HUB: &str = "hub";
 
@@ -96,6 +99,17 @@ pub struct Config {
     pub broadcast_rate: u32,
     /// Largest bundle payload accepted.
     pub max_bundle_bytes: u32,
+    /// A link that has heard nothing from its peer for this long is suspect: it costs more,
+    /// so routes take a redundant path where there is one, and what waited for it is routed
+    /// again (see [`Mesh::handle_link_heard`]).
+    pub suspect_after_ms: u64,
+    /// ... and after this long it is dead: closed, and its peer redialled.
+    pub dead_after_ms: u64,
+    /// A suspect link is trusted again once it has heard its peer without a gap this long
+    /// (a lossy radio link does not flap routes).
+    pub recover_after_ms: u64,
+    /// Neighbours remembered across restarts (redialled at start) at most.
+    pub max_remembered: usize,
     /// Seed of timer jitter and of the keys of every hash table (peers choose the keys, so
     /// the hash must be keyed): random in a daemon, fixed in the simulator for replay.
     pub seed: u64,
@@ -130,6 +144,10 @@ impl Config {
             keep_per_topic: 32,
             broadcast_rate: 10,
             max_bundle_bytes: u32::try_from(MAX_MESSAGE_LEN).unwrap_or(u32::MAX),
+            suspect_after_ms: 2_500,
+            dead_after_ms: 6_000,
+            recover_after_ms: 2_000,
+            max_remembered: 64,
             seed: 0x5eed,
         }
     }
@@ -176,6 +194,9 @@ pub enum Output {
     StorePresence(Claim),
     /// Persist our route seqno.
     PersistSeqno(u32),
+    /// Persist the neighbours to redial after a restart (give them back with
+    /// [`Mesh::handle_restored_peers`]): every one linked lately, with its address.
+    PersistPeers(Vec<(NodeId, Vec<SocketAddr>)>),
     /// Dial a peer.
     Connect {
         /// Peer.
@@ -276,7 +297,23 @@ struct Link {
     last_exchange_ms: u64,
     acks: Vec<(BundleDigest, AckOutcome)>,
     presence_out: Vec<Claim>,
+    /// What the link hears of its peer, once the driver reports it.
+    heard: Option<Heard>,
 }
+
+/// A link's liveness: when it last heard its peer (any packet: the driver counts them, so a
+/// large bundle in transit on the same stream never hides it), since when without a gap,
+/// and whether it is suspect.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    last_ms: u64,
+    since_ms: u64,
+    suspect: bool,
+}
+
+/// A silence longer than this between two reports starts a new streak of hearing (links
+/// keep alive every second; the driver reports four times a second).
+const HEARING_GAP_MS: u64 = 1_500;
 
 /// SplitMix64: small, seedable, good enough for jitter (never for keys).
 #[derive(Debug)]
@@ -326,6 +363,8 @@ pub struct Mesh {
     triggered: Set<NodeId>,
     /// Seqno requests relayed recently: (node, seqno) -> time.
     relayed_requests: Map<(NodeId, u32), u64>,
+    /// Neighbours to redial after a restart, with their addresses, newest last.
+    remembered: Vec<(NodeId, Vec<SocketAddr>)>,
     outputs: VecDeque<Output>,
     next_tick_ms: u64,
     next_update_ms: u64,
@@ -364,6 +403,7 @@ impl Mesh {
             reroute_all: false,
             triggered: keyed.set(),
             relayed_requests: keyed.map(),
+            remembered: Vec::new(),
             outputs: VecDeque::new(),
             next_tick_ms: now_ms + cfg.tick_ms,
             next_update_ms: first_update,
@@ -467,9 +507,16 @@ impl Mesh {
         self.routes.view()
     }
 
-    /// The peer table.
+    /// The peer table, with what each link hears.
     pub fn peers(&self, now_ms: u64) -> Vec<PeerView> {
-        self.peers.view(now_ms)
+        let mut v = self.peers.view(now_ms);
+        for p in &mut v {
+            if let Some(h) = self.links.get(&p.node).and_then(|l| l.heard) {
+                p.suspect = h.suspect;
+                p.heard_ms_ago = Some(now_ms.saturating_sub(h.last_ms));
+            }
+        }
+        v
     }
 
     /// Users known, with their home node.
@@ -516,6 +563,7 @@ impl Mesh {
     fn tick(&mut self, now_ms: u64) {
         let ch = self.routes.expire(now_ms, self.cfg.route_hold_ms);
         self.apply_route_changes(now_ms, ch);
+        self.check_liveness(now_ms);
         self.relayed_requests
             .retain(|_, t| now_ms.saturating_sub(*t) < 5_000);
         // Expired bundles, acks that never came, refused ones whose wait is over.
@@ -648,8 +696,12 @@ impl Mesh {
                 last_exchange_ms: now_ms,
                 acks: Vec::new(),
                 presence_out: Vec::new(),
+                heard: None,
             },
         );
+        if let Some(a) = addr {
+            self.remember(peer, a);
+        }
         let hello = Hello {
             version: MESH_PROTOCOL_VERSION,
             node_id: self.cfg.me,
@@ -679,6 +731,146 @@ impl Mesh {
         self.apply_route_changes(now_ms, ch);
     }
 
+    /// The link to `peer` heard from it (the driver saw packets arrive since its last report;
+    /// it reports a few times a second). From the first report on, the link's silence is
+    /// watched: suspect after [`Config::suspect_after_ms`], closed after
+    /// [`Config::dead_after_ms`]; a link never reported on (a transport that cannot tell)
+    /// is left to its transport's idle timeout.
+    pub fn handle_link_heard(&mut self, now_ms: u64, peer: NodeId) {
+        let recover = self.cfg.recover_after_ms;
+        let Some(l) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let h = l.heard.get_or_insert(Heard {
+            last_ms: now_ms,
+            since_ms: now_ms,
+            suspect: false,
+        });
+        if now_ms.saturating_sub(h.last_ms) > HEARING_GAP_MS {
+            h.since_ms = now_ms;
+        }
+        h.last_ms = now_ms;
+        if h.suspect && now_ms.saturating_sub(h.since_ms) >= recover {
+            h.suspect = false;
+            let ch = self.routes.set_cost(peer, routes::LINK_COST);
+            self.apply_route_changes(now_ms, ch);
+            self.reroute_all = true;
+        }
+    }
+
+    /// Neighbours remembered from before a restart (see [`Output::PersistPeers`]): dialled
+    /// at once.
+    pub fn handle_restored_peers(&mut self, now_ms: u64, peers: Vec<(NodeId, Vec<SocketAddr>)>) {
+        for (peer, addrs) in peers {
+            if self
+                .peers
+                .add(peer, &addrs, PeerSource::Restored, now_ms)
+                .is_err()
+            {
+                self.stats.peers_refused += 1;
+                continue;
+            }
+            if let Some(a) = addrs.first() {
+                self.remember(peer, *a);
+            }
+        }
+        self.dial(now_ms);
+    }
+
+    /// Keeps `peer` at `addr` among the neighbours to redial after a restart; persisted when
+    /// that changes what is kept.
+    fn remember(&mut self, peer: NodeId, addr: SocketAddr) {
+        if let Some(i) = self.remembered.iter().position(|(p, _)| *p == peer) {
+            let same = self
+                .remembered
+                .get(i)
+                .is_some_and(|(_, a)| a.first() == Some(&addr));
+            if same {
+                return;
+            }
+            self.remembered.remove(i);
+        }
+        self.remembered.push((peer, vec![addr]));
+        let excess = self
+            .remembered
+            .len()
+            .saturating_sub(self.cfg.max_remembered);
+        self.remembered.drain(..excess);
+        self.outputs
+            .push_back(Output::PersistPeers(self.remembered.clone()));
+    }
+
+    /// Marks silent links suspect (costly, and what waited for them routed again) and closes
+    /// dead ones.
+    fn check_liveness(&mut self, now_ms: u64) {
+        let (suspect_after, dead_after) = (self.cfg.suspect_after_ms, self.cfg.dead_after_ms);
+        let mut dead = Vec::new();
+        let mut suspect = Vec::new();
+        for (peer, l) in self.links.iter() {
+            let Some(h) = l.heard else { continue };
+            let silent = now_ms.saturating_sub(h.last_ms);
+            if silent >= dead_after {
+                dead.push(*peer);
+            } else if silent >= suspect_after && !h.suspect {
+                suspect.push(*peer);
+            }
+        }
+        suspect.sort();
+        dead.sort();
+        for peer in suspect {
+            if let Some(h) = self.links.get_mut(&peer).and_then(|l| l.heard.as_mut()) {
+                h.suspect = true;
+            }
+            let ch = self.routes.set_cost(peer, routes::SUSPECT_COST);
+            self.apply_route_changes(now_ms, ch);
+            self.reroute_all = true;
+        }
+        for peer in dead {
+            self.outputs.push_back(Output::Disconnect {
+                peer,
+                reason: "heard nothing from the peer",
+            });
+            self.handle_link_down(now_ms, peer);
+        }
+    }
+
+    /// Bundles offered or sent on suspect links whose recipients' routes now go elsewhere
+    /// are routed again (the suspect neighbour may have them already: the next hop's custody
+    /// dedup answers Duplicate, and the recipient sees each message once).
+    fn release_from_suspect_links(&mut self) {
+        let suspect: Vec<NodeId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.heard.is_some_and(|h| h.suspect))
+            .map(|(k, _)| *k)
+            .collect();
+        if suspect.is_empty() {
+            return;
+        }
+        let mut moved = Vec::new();
+        for (d, e) in self.custody.iter() {
+            let to = match e.state {
+                State::Offered(p) | State::Sending(p, _) => p,
+                _ => continue,
+            };
+            if !suspect.contains(&to) {
+                continue;
+            }
+            let next = self
+                .presence
+                .home(&e.meta.recipient)
+                .and_then(|h| self.routes.next_hop(&h));
+            if next != Some(to) {
+                moved.push((*d, e.meta.recipient));
+            }
+        }
+        moved.sort();
+        for (d, r) in moved {
+            self.custody.set_state(&d, State::Pending);
+            self.dirty.insert(r);
+        }
+    }
+
     /// The peer sent something that does not decode: drop the link and keep away for a while.
     pub fn handle_malformed(&mut self, now_ms: u64, peer: NodeId) {
         self.stats.malformed += 1;
@@ -696,8 +888,11 @@ impl Mesh {
 
     /// A message from a neighbour.
     pub fn handle_message(&mut self, now_ms: u64, from: NodeId, msg: LinkMsg) {
-        if !self.links.contains_key(&from) {
+        let Some(l) = self.links.get(&from) else {
             return;
+        };
+        if l.heard.is_some() {
+            self.handle_link_heard(now_ms, from);
         }
         let hello_seen = self.links.get(&from).is_some_and(|l| l.hello.is_some());
         match msg {
@@ -1175,8 +1370,9 @@ impl Mesh {
     fn apply_route_changes(&mut self, now_ms: u64, ch: routes::Changes) {
         if !ch.changed.is_empty() {
             self.reroute_all = true;
+            self.release_from_suspect_links();
         }
-        for d in ch.changed {
+        for d in ch.changed.into_iter().chain(ch.raised) {
             self.triggered.insert(d);
         }
         for (node, seqno) in ch.starved {
@@ -1301,9 +1497,14 @@ impl Mesh {
             if now_ms < p.next_dial_ms || now_ms < p.penalty_until_ms {
                 continue;
             }
+            // A peer we only heard of from a neighbour is tried while it has no route, and
+            // given up after two failed dials: its addresses are the neighbour's view, often
+            // not reachable from here.
             let wanted = p.mdns
                 || p.configured
+                || p.restored
                 || (p.exchanged_by.is_some()
+                    && p.failures < MAX_EXCHANGED_DIALS
                     && self.routes.next_hop(id).is_none()
                     && now_ms.saturating_sub(p.first_seen_ms) >= self.cfg.dial_exchanged_after_ms);
             if wanted {

@@ -19,6 +19,10 @@ pub enum PeerSource {
     Exchange(NodeId),
     /// It connected to us.
     Inbound,
+    /// A neighbour before this node restarted (remembered across restarts): dialled at once,
+    /// so that a restarted node relinks at once, whether or not its neighbours know how to
+    /// reach it.
+    Restored,
 }
 
 /// A peer as shown by `ferry peers`.
@@ -40,6 +44,12 @@ pub struct PeerView {
     pub age_ms: u64,
     /// Failed dials in a row.
     pub failures: u32,
+    /// A neighbour before this node restarted.
+    pub restored: bool,
+    /// The link is up but has heard nothing for a while: routes avoid it where they can.
+    pub suspect: bool,
+    /// Milliseconds since the link last heard the peer (links whose driver reports it).
+    pub heard_ms_ago: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +65,7 @@ pub(crate) struct Peer {
     pub(crate) next_dial_ms: u64,
     pub(crate) failures: u32,
     pub(crate) penalty_until_ms: u64,
+    pub(crate) restored: bool,
 }
 
 /// Why a peer was not added.
@@ -112,6 +123,7 @@ impl PeerTable {
             match source {
                 PeerSource::Mdns => p.mdns = true,
                 PeerSource::Static => p.configured = true,
+                PeerSource::Restored => p.restored = true,
                 PeerSource::Exchange(_) | PeerSource::Inbound => {}
             }
             if !matches!(source, PeerSource::Exchange(_)) {
@@ -159,6 +171,7 @@ impl PeerTable {
             next_dial_ms: now_ms,
             failures: 0,
             penalty_until_ms: 0,
+            restored: source == PeerSource::Restored,
         };
         Self::merge_addrs(&mut p.addrs, addrs);
         self.map.insert(id, p);
@@ -205,6 +218,9 @@ impl PeerTable {
                 linked: p.linked,
                 age_ms: now_ms.saturating_sub(p.last_seen_ms),
                 failures: p.failures,
+                restored: p.restored,
+                suspect: false,
+                heard_ms_ago: None,
             })
             .collect();
         v.sort_by_key(|p| (!p.linked, p.node));

@@ -18,6 +18,10 @@ use crate::wire::{INFINITY, RouteEntry};
 
 /// Cost of one link (hop count metric).
 pub(crate) const LINK_COST: u16 = 1;
+/// Cost of a link that has gone silent (see the core's liveness): high enough that any path
+/// up to this many hops longer is preferred, so traffic takes a redundant path while the
+/// link may be dead, and finite, so a link that is the only way keeps carrying.
+pub(crate) const SUSPECT_COST: u16 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Source {
@@ -70,7 +74,13 @@ pub struct RouteView {
 pub(crate) struct Changes {
     /// Destinations whose selected next hop or reachability changed.
     pub(crate) changed: Vec<NodeId>,
-    /// Destinations that became unreachable with routes left but none feasible.
+    /// Destinations whose selected route kept its next hop and metric but got a newer seqno
+    /// from the origin: an answer to a seqno request, which must travel on at once (Babel
+    /// sends it as a triggered update) to reach the node that starved, not one hop per
+    /// periodic dump.
+    pub(crate) raised: Vec<NodeId>,
+    /// Destinations for which a newer seqno from the origin is wanted, and which: routes are
+    /// left but none is feasible, or an infeasible one is better than the one selected.
     pub(crate) starved: Vec<(NodeId, u32)>,
 }
 
@@ -82,6 +92,8 @@ pub(crate) struct Routes {
     my_seqno: u32,
     dests: Map<NodeId, Dest>,
     max_dests: usize,
+    /// Link costs other than [`LINK_COST`] (silent links), by neighbour.
+    costs: Map<NodeId, u16>,
     keyed: Keyed,
 }
 
@@ -99,8 +111,40 @@ impl Routes {
             my_seqno: seqno,
             dests: keyed.map(),
             max_dests,
+            costs: keyed.map(),
             keyed,
         }
+    }
+
+    fn cost(&self, neighbor: &NodeId) -> u16 {
+        self.costs.get(neighbor).copied().unwrap_or(LINK_COST)
+    }
+
+    /// Sets the cost of the link to `neighbor` and recomputes the routes through it. Only the
+    /// metric we compute changes, never what the neighbour advertised, on which feasibility
+    /// is judged: raising a cost cannot form a loop (RFC 8966 3.5.1).
+    pub(crate) fn set_cost(&mut self, neighbor: NodeId, cost: u16) -> Changes {
+        if cost == LINK_COST {
+            self.costs.remove(&neighbor);
+        } else {
+            self.costs.insert(neighbor, cost);
+        }
+        let mut out = Changes::default();
+        let affected: Vec<NodeId> = self
+            .dests
+            .iter_mut()
+            .filter_map(|(k, d)| {
+                let s = d.sources.get_mut(&neighbor)?;
+                if s.metric != INFINITY {
+                    s.metric = s.advertised.saturating_add(cost).min(INFINITY - 1);
+                }
+                Some(*k)
+            })
+            .collect();
+        for dest in affected {
+            self.reselect(dest, &mut out);
+        }
+        out
     }
 
     pub(crate) fn my_seqno(&self) -> u32 {
@@ -185,25 +229,31 @@ impl Routes {
         d.selected = best;
         if prev.map(|p| (p.0, p.2)) != best.map(|b| (b.0, b.2)) {
             out.changed.push(dest);
+        } else if let (Some(p), Some(b)) = (prev, best)
+            && b.1 > p.1
+        {
+            out.raised.push(dest);
         }
-        if best.is_none() {
-            if prev.is_some() {
-                d.retract_pending = true;
-            }
-            // Routes exist but none is feasible: ask the origin for a newer seqno.
-            if let Some(max_seqno) = d
-                .sources
-                .values()
-                .filter(|s| s.metric != INFINITY)
-                .map(|s| s.seqno)
-                .max()
-            {
-                let want = fd
-                    .map(|(s, _)| s.saturating_add(1))
-                    .unwrap_or(0)
-                    .max(max_seqno);
-                out.starved.push((dest, want));
-            }
+        if best.is_none() && prev.is_some() {
+            d.retract_pending = true;
+        }
+        // Routes exist but none is feasible, or an infeasible one is better than the one
+        // selected (the selected link became costly): ask the origin for a newer seqno, which
+        // makes them feasible (RFC 8966 3.8.2.1 and 3.8.2.2).
+        let selected_metric = best.map_or(INFINITY, |b| b.2);
+        let wanted = d
+            .sources
+            .values()
+            .filter(|s| s.metric != INFINITY && s.metric < selected_metric)
+            .filter(|s| !better(s.seqno, s.advertised, fd))
+            .map(|s| s.seqno)
+            .max();
+        if let Some(max_seqno) = wanted {
+            let want = fd
+                .map(|(s, _)| s.saturating_add(1))
+                .unwrap_or(0)
+                .max(max_seqno);
+            out.starved.push((dest, want));
         }
     }
 
@@ -226,7 +276,9 @@ impl Routes {
             let metric = if e.metric == INFINITY {
                 INFINITY
             } else {
-                e.metric.saturating_add(LINK_COST).min(INFINITY - 1)
+                e.metric
+                    .saturating_add(self.cost(&neighbor))
+                    .min(INFINITY - 1)
             };
             let keyed = self.keyed;
             let d = self.dests.entry(e.node).or_insert_with(|| Dest {
@@ -261,6 +313,7 @@ impl Routes {
 
     /// Forgets every route through `neighbor` (its link went down).
     pub(crate) fn neighbor_down(&mut self, neighbor: &NodeId) -> Changes {
+        self.costs.remove(neighbor);
         let mut out = Changes::default();
         let affected: Vec<NodeId> = self
             .dests
@@ -482,6 +535,47 @@ mod tests {
         r.update(20, n(2), &[e(8, 1, 1)]);
         r.expire(1000, 100);
         assert_eq!(r.next_hop(&n(8)), None);
+    }
+
+    #[test]
+    fn a_newer_seqno_on_the_selected_route_is_reported_as_raised() {
+        let mut r = Routes::new(n(0), false, 1, 100, Keyed::new(1));
+        r.update(0, n(1), &[e(9, 5, 1)]);
+        r.advertise(None);
+        let ch = r.update(10, n(1), &[e(9, 6, 1)]);
+        assert!(ch.changed.is_empty());
+        assert_eq!(ch.raised, vec![n(9)]);
+        // A plain refresh is neither.
+        let ch = r.update(20, n(1), &[e(9, 6, 1)]);
+        assert!(ch.changed.is_empty() && ch.raised.is_empty());
+    }
+
+    #[test]
+    fn a_costly_link_loses_to_a_longer_path_and_wins_back_when_cheap() {
+        let mut r = Routes::new(n(0), false, 1, 100, Keyed::new(1));
+        r.update(0, n(1), &[e(9, 5, 0)]);
+        r.update(0, n(2), &[e(9, 5, 3)]);
+        r.advertise(None); // FD(9) = (5, 1) through n(1)
+        assert_eq!(r.next_hop(&n(9)), Some(n(1)));
+        // n(2)'s route advertises 3, not below our FD of 1: infeasible until the origin
+        // raises its seqno; a costly link still carries meanwhile.
+        let ch = r.set_cost(n(1), SUSPECT_COST);
+        assert_eq!(r.next_hop(&n(9)), Some(n(1)));
+        assert_eq!(r.metric(&n(9)), Some(SUSPECT_COST));
+        assert_eq!(ch.changed, vec![n(9)], "the metric changed");
+        // The shorter route through n(2) is infeasible: ask the origin for a newer seqno.
+        assert_eq!(ch.starved, vec![(n(9), 6)]);
+        r.advertise(None);
+        r.update(1, n(2), &[e(9, 6, 3)]);
+        assert_eq!(
+            r.next_hop(&n(9)),
+            Some(n(2)),
+            "a newer seqno: feasible, shorter"
+        );
+        r.set_cost(n(1), LINK_COST);
+        r.update(2, n(1), &[e(9, 6, 0)]);
+        assert_eq!(r.next_hop(&n(9)), Some(n(1)));
+        assert_eq!(r.metric(&n(9)), Some(1));
     }
 
     #[test]

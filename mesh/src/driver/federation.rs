@@ -239,6 +239,10 @@ impl Link for Admitted {
         self.link.rtt()
     }
 
+    fn heard(&self) -> u64 {
+        self.link.heard()
+    }
+
     fn close(&self, reason: &str) {
         self.link.close(reason)
     }

@@ -106,9 +106,28 @@ impl Link for IrohLink {
     }
 
     fn rtt(&self) -> Duration {
-        self.conn
-            .rtt(PathId::ZERO)
+        // The path the data takes: iroh may open others and switch.
+        let selected = self
+            .conn
+            .paths()
+            .iter()
+            .find(|p| p.is_selected())
+            .map(|p| p.rtt());
+        selected
+            .or_else(|| self.conn.rtt(PathId::ZERO))
             .unwrap_or(Duration::from_millis(50))
+    }
+
+    fn heard(&self) -> u64 {
+        // What arrives on the selected path, with its id: a link whose data path went dark
+        // while another path still hears keep-alives is silent where it matters.
+        let selected = self.conn.paths().iter().find(|p| p.is_selected()).map(|p| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            p.id().hash(&mut h);
+            h.finish() ^ p.stats().udp_rx.datagrams
+        });
+        selected.unwrap_or_else(|| self.conn.stats().udp_rx.datagrams)
     }
 
     fn close(&self, reason: &str) {
@@ -158,6 +177,7 @@ impl Transport for IrohTransport {
     fn accept(&self) -> BoxFut<'_, Option<Incoming>> {
         Box::pin(async move {
             let incoming = self.endpoint.accept().await?;
+            let remote = incoming.remote_addr();
             let handshake: Incoming = Box::pin(async move {
                 let conn = match tokio::time::timeout(Duration::from_secs(10), incoming).await {
                     Ok(Ok(c)) => c,
@@ -169,11 +189,12 @@ impl Transport for IrohTransport {
                     return Err(TransportError::Link("wrong ALPN".into()));
                 }
                 let peer = node_of(conn.remote_id());
-                Ok(Box::new(IrohLink {
-                    peer,
-                    addr: None,
-                    conn,
-                }) as Box<dyn Link>)
+                // The peer's mesh port: iroh dials from the socket it listens on.
+                let addr = match remote {
+                    iroh::endpoint::IncomingAddr::Ip(a) => Some(a),
+                    _ => None,
+                };
+                Ok(Box::new(IrohLink { peer, addr, conn }) as Box<dyn Link>)
             });
             Some(handshake)
         })

@@ -40,6 +40,18 @@ pub use transport::{Incoming, Link, Transport, TransportError};
 
 /// Frames queued for one link at most; a link that cannot keep up is closed.
 const LINK_QUEUE: usize = 4096;
+/// How often each link is asked whether it heard its peer (for the core's liveness).
+const HEARING_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Settings of the driver itself.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Hop limit of bundles made here.
+    pub hop_limit: u8,
+    /// Where the neighbours to redial after a restart are kept (one line per neighbour:
+    /// node id, address); none: not kept.
+    pub peers_file: Option<std::path::PathBuf>,
+}
 /// How long a dial may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -154,6 +166,7 @@ struct Inner {
     events: mpsc::UnboundedSender<MeshEvent>,
     stop: watch::Sender<bool>,
     hop_limit: u8,
+    peers_file: Option<std::path::PathBuf>,
     mdns_garbage: AtomicU64,
     /// The caller's span at start (the node's, with its id): every task logs inside it.
     span: tracing::Span,
@@ -202,10 +215,26 @@ impl MeshHandle {
     /// `store` (on a node, the redb [`ferry_store::Store`]). `cfg.me` is taken from the
     /// transport.
     pub async fn start(
-        mut cfg: Config,
+        cfg: Config,
         store: Arc<dyn CustodyStore>,
         transport: Arc<dyn Transport>,
         hop_limit: u8,
+    ) -> Result<(MeshHandle, mpsc::UnboundedReceiver<MeshEvent>), MeshError> {
+        let opts = Options {
+            hop_limit,
+            peers_file: None,
+        };
+        Self::start_with(cfg, store, transport, opts).await
+    }
+
+    /// [`MeshHandle::start`] with the driver's [`Options`]: with a peers file, the neighbours
+    /// it names are redialled at once (this node restarted; some of them may know it only as
+    /// a static peer of theirs, and wait for it).
+    pub async fn start_with(
+        mut cfg: Config,
+        store: Arc<dyn CustodyStore>,
+        transport: Arc<dyn Transport>,
+        opts: Options,
     ) -> Result<(MeshHandle, mpsc::UnboundedReceiver<MeshEvent>), MeshError> {
         cfg.me = transport.node_id();
         let seqno = store.meta("mesh_seqno")?.unwrap_or(0).saturating_add(1);
@@ -226,6 +255,9 @@ impl MeshHandle {
             .map(|e| meta_of(e, 0, now_wall))
             .collect();
         mesh.handle_custody_added(metas);
+        if let Some(path) = &opts.peers_file {
+            mesh.handle_restored_peers(0, read_peers(path));
+        }
         let (events, rx) = mpsc::unbounded_channel();
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -238,13 +270,15 @@ impl MeshHandle {
             next_link: AtomicU64::new(1),
             events,
             stop,
-            hop_limit,
+            hop_limit: opts.hop_limit,
+            peers_file: opts.peers_file,
             mdns_garbage: AtomicU64::new(0),
             span: tracing::Span::current(),
         });
         let h = MeshHandle { inner };
         h.spawn(run(h.clone(), h.inner.stop.subscribe()));
         h.spawn(accept_loop(h.clone(), h.inner.stop.subscribe()));
+        h.spawn(hearing_loop(h.clone(), h.inner.stop.subscribe()));
         Ok((h, rx))
     }
 
@@ -715,6 +749,17 @@ impl MeshHandle {
                     }
                 });
             }
+            Output::PersistPeers(peers) => {
+                if let Some(path) = self.inner.peers_file.clone() {
+                    self.spawn(async move {
+                        let written =
+                            tokio::task::spawn_blocking(move || write_peers(&path, &peers)).await;
+                        if let Ok(Err(e)) = written {
+                            tracing::warn!(error = %e, "keeping the neighbours for a restart failed");
+                        }
+                    });
+                }
+            }
             Output::PersistSeqno(s) => {
                 let p = store.put_meta("mesh_seqno", u64::from(s));
                 self.spawn(async move {
@@ -777,6 +822,72 @@ async fn run(h: MeshHandle, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Tells the core which links heard their peer since the last look (a change in what the
+/// transport counts as received), four times a second.
+async fn hearing_loop(h: MeshHandle, mut stop: watch::Receiver<bool>) {
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(HEARING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let links: Vec<(NodeId, u64, Arc<dyn Link>)> = h
+            .links()
+            .iter()
+            .map(|(p, s)| (*p, s.id, Arc::clone(&s.link)))
+            .collect();
+        let mut heard = Vec::new();
+        let mut seen = HashMap::with_capacity(links.len());
+        for (peer, id, link) in links {
+            let now = link.heard();
+            if last.get(&id) != Some(&now) {
+                heard.push(peer);
+            }
+            seen.insert(id, now);
+        }
+        last = seen;
+        if !heard.is_empty() {
+            h.with_core(|m, now| {
+                for p in heard {
+                    m.handle_link_heard(now, p);
+                }
+            });
+        }
+    }
+}
+
+/// The neighbours kept for a restart (lines of `<node id> <address>`); what does not parse is
+/// skipped.
+fn read_peers(path: &Path) -> Vec<(NodeId, Vec<SocketAddr>)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (id, addr) = l.split_once(' ')?;
+            Some((id.parse().ok()?, vec![addr.trim().parse().ok()?]))
+        })
+        .collect()
+}
+
+/// Writes the neighbours kept for a restart, whole or not at all (written beside, synced,
+/// renamed).
+fn write_peers(path: &Path, peers: &[(NodeId, Vec<SocketAddr>)]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for (id, addrs) in peers {
+        if let Some(a) = addrs.first() {
+            text.push_str(&format!("{} {a}\n", id.to_hex()));
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 async fn accept_loop(h: MeshHandle, mut stop: watch::Receiver<bool>) {

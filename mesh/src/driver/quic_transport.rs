@@ -473,6 +473,10 @@ impl Link for QuicLink {
         self.conn.rtt()
     }
 
+    fn heard(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
+    }
+
     fn close(&self, reason: &str) {
         self.conn.close(0u32.into(), reason.as_bytes());
     }

@@ -9,10 +9,12 @@ use std::time::Duration;
 use ferry_proto::types::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Keep-alive on mesh links: with [`IDLE_TIMEOUT`], a link whose far end vanished (power cut,
-/// radio out of range, restarted node) is noticed within ten seconds and routed around.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
-/// A mesh link with nothing heard for this long is closed.
+/// Keep-alive on mesh links: a live link hears its peer at least every second, so that the
+/// core's liveness (a link silent for 2.5 s is suspect and routed around, for 6 s dead) can
+/// tell a vanished far end (power cut, radio out of range, restarted node) within seconds.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A mesh link with nothing heard for this long is closed by QUIC itself (the core closes a
+/// silent link sooner).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A boxed, sendable future.
@@ -56,6 +58,10 @@ pub trait Link: Send + Sync + 'static {
     fn accept_uni(&self) -> BoxFut<'_, Result<Reader, TransportError>>;
     /// Current round-trip estimate.
     fn rtt(&self) -> Duration;
+    /// A count that changes whenever the connection receives packets from the peer on the
+    /// path its data takes (datagrams received): the driver reports a change to the core as
+    /// the link hearing its peer.
+    fn heard(&self) -> u64;
     /// Closes the connection.
     fn close(&self, reason: &str);
     /// Resolves when the connection is closed.

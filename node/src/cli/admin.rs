@@ -23,6 +23,10 @@ pub(crate) struct AdminArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// `ferry peers`: also the peers only heard of from neighbours (peer exchange), which
+    /// this node has not linked to.
+    #[arg(long)]
+    all: bool,
 }
 
 fn socket(args: &AdminArgs) -> anyhow::Result<PathBuf> {
@@ -69,39 +73,60 @@ pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
         out(&v.to_string());
         return Ok(());
     }
-    let rows = list(&v);
+    let all = list(&v);
+    // Peers only heard of by exchange, never linked: a neighbour's view, often at addresses
+    // this node cannot reach.
+    let hearsay = |p: &&Value| {
+        p["exchanged_by"].is_string()
+            && p["linked"].as_bool() != Some(true)
+            && p["configured"].as_bool() != Some(true)
+            && p["mdns"].as_bool() != Some(true)
+            && p["restored"].as_bool() != Some(true)
+    };
+    let rows: Vec<&Value> = all.iter().filter(|p| args.all || !hearsay(p)).collect();
     out(&format!(
-        "{:<12}  {:<6}  {:<10}  {:>8}  {:>5}  addresses",
+        "{:<12}  {:<7}  {:<10}  {:>8}  {:>5}  addresses",
         "node", "link", "source", "seen", "fails"
     ));
-    for p in rows {
+    for p in &rows {
         let source = if p["hub"].as_bool() == Some(true) {
             "hub".to_string()
         } else if p["configured"].as_bool() == Some(true) {
             "static".to_string()
         } else if p["mdns"].as_bool() == Some(true) {
             "mdns".to_string()
+        } else if p["restored"].as_bool() == Some(true) {
+            "restored".to_string()
         } else if p["exchanged_by"].is_string() {
             format!("via {}", short(&p["exchanged_by"]).get(..4).unwrap_or(""))
         } else {
             "incoming".to_string()
         };
+        let link = match (p["linked"].as_bool(), p["suspect"].as_bool()) {
+            (Some(true), Some(true)) => "silent",
+            (Some(true), _) => "up",
+            _ => "-",
+        };
         let addrs: Vec<&str> = list(&p["addrs"]).iter().filter_map(Value::as_str).collect();
         out(&format!(
-            "{:<12}  {:<6}  {:<10}  {:>7}s  {:>5}  {}",
+            "{:<12}  {:<7}  {:<10}  {:>7}s  {:>5}  {}",
             short(&p["node_id"]),
-            if p["linked"].as_bool() == Some(true) {
-                "up"
-            } else {
-                "-"
-            },
+            link,
             source,
             p["age_ms"].as_u64().unwrap_or(0) / 1000,
             p["failures"].as_u64().unwrap_or(0),
             addrs.join(" ")
         ));
     }
-    out(&format!("{} peers", rows.len()));
+    let hidden = all.len() - rows.len();
+    if hidden > 0 {
+        out(&format!(
+            "{} peers ({hidden} more only heard of from neighbours: --all)",
+            rows.len()
+        ));
+    } else {
+        out(&format!("{} peers", rows.len()));
+    }
     Ok(())
 }
 

@@ -28,6 +28,14 @@ pub(crate) const DEFAULT_NODE: &str = "127.0.0.1:5001";
 
 /// Installs the stderr logger. Library crates only emit; the binary decides where logs go.
 pub(crate) fn init_logging(filter: &str) {
+    // iroh warns on every link to a lite node (plain QUIC) that its NAT traversal and
+    // multipath extensions were not negotiated: expected here, and noise in logread. Unless
+    // the filter says otherwise about iroh, only its errors are shown from there.
+    let filter = if filter.contains("iroh") {
+        filter.to_string()
+    } else {
+        format!("{filter},iroh::socket::remote_map=error")
+    };
     let targets: tracing_subscriber::filter::Targets = filter
         .parse()
         .unwrap_or_else(|_| "info".parse().unwrap_or_default());
