@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_client::loadgen;
 
+mod attack;
 mod ferry;
 mod hub;
 mod mqtt;
@@ -50,6 +51,9 @@ enum Command {
     },
     /// One hub under load: edges in this process relay bundles to each other through it.
     Hub(HubArgs),
+    /// Hostile clients against a running Ferry node, one attack at a time, while a
+    /// well-behaved client measures its latency (see `scripts/bench-attacks.sh`).
+    Attack(attack::AttackArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -229,6 +233,7 @@ fn main() -> anyhow::Result<()> {
                 hub::ids(edges);
                 Ok(())
             }
+            Command::Attack(a) => attack::run(a).await,
             Command::Hub(a) => {
                 hub::run(a.hub, a.hub_pid, a.edges, a.messages, a.size, a.in_flight).await
             }
@@ -313,7 +318,7 @@ impl Command {
             Command::Run(a) => Some(&a.target),
             Command::Idle(a) => Some(&a.target),
             Command::CrashPublish(a) | Command::CrashDrain(a) => Some(&a.target),
-            Command::HubIds { .. } | Command::Hub(_) => None,
+            Command::HubIds { .. } | Command::Hub(_) | Command::Attack(_) => None,
         }
     }
 }

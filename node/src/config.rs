@@ -30,7 +30,8 @@ pub struct StoreSection {
     pub wal: Option<bool>,
     /// Write-ahead log size that triggers a checkpoint, in bytes.
     pub checkpoint_bytes: Option<u64>,
-    /// Disk space kept aside for the commits that free space on a full disk, in bytes.
+    /// Disk space kept aside for the commits that free space on a full disk, in bytes
+    /// (default: twice `checkpoint_bytes`).
     pub reserve_bytes: Option<u64>,
 }
 
@@ -123,6 +124,8 @@ pub struct FileConfig {
     pub answer_timeout_secs: Option<u64>,
     /// Long polls (FetchWait, BroadcastFetch) waiting at once over all connections.
     pub max_long_polls: Option<usize>,
+    /// Requests served at once over all connections (long polls apart).
+    pub max_inflight_requests: Option<usize>,
     /// TTL for messages that ask for the default (`ttl_secs = 0`).
     pub default_ttl_secs: Option<u32>,
     /// Longest TTL accepted.
@@ -457,6 +460,12 @@ impl NodeConfig {
         if let Some(v) = f.max_long_polls {
             self.max_long_polls = v;
         }
+        if let Some(v) = f.max_inflight_requests {
+            if v == 0 {
+                return Err("max_inflight_requests must be at least 1".into());
+            }
+            self.max_inflight_requests = v;
+        }
         if let Some(v) = f.default_ttl_secs {
             self.default_ttl_secs = v;
         }
@@ -542,9 +551,10 @@ impl NodeConfig {
             if let Some(v) = s.checkpoint_bytes {
                 self.store.checkpoint_bytes = v;
             }
-            if let Some(v) = s.reserve_bytes {
-                self.store.reserve_bytes = v;
-            }
+            // The reserve takes what a checkpoint may need: twice the log's size, unless set.
+            self.store.reserve_bytes = s
+                .reserve_bytes
+                .unwrap_or_else(|| self.store.checkpoint_bytes.saturating_mul(2));
         }
         if let Some(m) = &f.mesh {
             if let Some(v) = m.enabled {

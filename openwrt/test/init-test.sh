@@ -77,6 +77,8 @@ expect_json '.udp_receive_buffer_bytes == 2097152'
 expect_json '.store.max_total_bytes == 2097152 and .store.max_recipient_messages == 1000'
 expect_json '.store.max_recipient_bytes == 524288 and .store.cache_bytes == 2097152'
 expect_json '.store.checkpoint_bytes == 262144 and .store.wal == true'
+expect_json '.store.reserve_bytes == 524288'
+expect_json '.max_connections == 512 and .max_connections_per_address == 64'
 expect_json '.mesh.max_custody == 2000 and .mesh.max_peers == 64'
 
 # 2. Ports, peers, hubs, two uplinks, mDNS off, metrics on, a quote in the log filter.
