@@ -18,7 +18,11 @@ cargo build --release --locked --target-dir target/bench-node -p ferry-node --bi
     --no-default-features --features router,iroh,mdns
 cargo build --release --locked -p ferry-bench
 NODE=target/bench-node/release/ferry
-BENCH=target/release/ferry-bench
+ROOT=$PWD
+# Where cargo puts builds: CARGO_TARGET_DIR when set (relative to the checkout), else target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+BENCH=$TARGET_DIR/release/ferry-bench
 OUT=target/bench-attacks
 mkdir -p "$OUT"
 DATA=$(mktemp -d "$PWD/target/bench-attacks.XXXXXX")

@@ -16,9 +16,12 @@ SIZE=${SIZE:-256}
 IN_FLIGHT=${IN_FLIGHT:-32}
 
 cd "$ROOT"
+# Where cargo puts builds: CARGO_TARGET_DIR when set (relative to the checkout), else target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 cargo build --release --locked --bin ferry --bin ferry-bench
-FERRY=$ROOT/target/release/ferry
-BENCH=$ROOT/target/release/ferry-bench
+FERRY=$TARGET_DIR/release/ferry
+BENCH=$TARGET_DIR/release/ferry-bench
 WORK=$(mktemp -d /tmp/ferry-bench-hub.XXXXXX)
 HUB_PID=""
 cleanup() {

@@ -28,7 +28,11 @@ if [ -z "${NODE_BIN:-}" ]; then
 fi
 cargo build --release --locked -p ferry-node --bin ferry
 NODE=${NODE_BIN:-target/bench-node/release/ferry}
-BIN=target/release/ferry
+ROOT=$PWD
+# Where cargo puts builds: CARGO_TARGET_DIR when set (relative to the checkout), else target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+BIN=$TARGET_DIR/release/ferry
 DATA=$(mktemp -d "$PWD/target/bench-node.XXXXXX")
 LOG="$DATA.log"
 cleanup() {

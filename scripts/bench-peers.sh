@@ -53,7 +53,10 @@ cargo build --release --locked --bin ferry -p ferry-node --no-default-features \
     --features router,iroh,mdns --target-dir "$ROOT/target/bench-node"
 cargo build --release --locked -p ferry-bench
 FERRY=$ROOT/target/bench-node/release/ferry
-BENCH=$ROOT/target/release/ferry-bench
+# Where cargo puts builds: CARGO_TARGET_DIR when set (relative to the checkout), else target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+BENCH=$TARGET_DIR/release/ferry-bench
 
 # Data on disk, never tmpfs: durability is what is being compared.
 WORK=$(mktemp -d /var/tmp/ferry-bench-peers.XXXXXX)

@@ -132,8 +132,9 @@ inbox() { # inbox NODE: erin follows her inbox at NODE
         --known-nodes "$WORK/known-erin" >>"$WORK/erin-$1.jsonl" 2>>"$WORK/erin-$1.log" &
     CLIENT[erin]=$!
 }
-send() { # send TAG COUNT: alice sends COUNT messages TAG-1.. from A
-    seq 1 "$2" | sed "s/^/$1-/" | in_ns a "$FERRY" send --node "$(addr a)" --id "$WORK/alice.json" \
+send() { # send TAG COUNT [NODE]: alice sends COUNT messages TAG-1.. from NODE (default A)
+    local at=${3:-a}
+    seq 1 "$2" | sed "s/^/$1-/" | in_ns "$at" "$FERRY" send --node "$(addr "$at")" --id "$WORK/alice.json" \
         --known-nodes "$WORK/known-alice" --to "$ERIN" --json - >>"$WORK/sent.jsonl" \
         2>>"$WORK/alice.log" || fail "sending $1"
 }
@@ -173,11 +174,13 @@ wait_for "400 messages at E" at_least_received 400
 log "phase 2: C restarted, link restored: 400 delivered, the last $(( $(now_ms) - T_HEAL )) ms after the heal"
 
 # ---- 3: backlog drain --------------------------------------------------------------------
+# Alice sends the backlog at C itself: once C finds D gone (6 s of silence) it withdraws its
+# routes beyond D, and mail sent at A would then wait at A, where there is no route to E.
 ip -n "$P-c" link set "$P-3c" down
 ip -n "$P-d" link set "$P-3d" down
 T0=$(now_ms)
-send p3 "$BACKLOG"
-log "phase 3: sent $BACKLOG messages in $(( $(now_ms) - T0 )) ms while C-D is cut"
+send p3 "$BACKLOG" c
+log "phase 3: sent $BACKLOG messages at C in $(( $(now_ms) - T0 )) ms while C-D is cut"
 wait_for "$BACKLOG bundles in custody at C" custody_is c "$BACKLOG"
 ip -n "$P-c" link set "$P-3c" up
 ip -n "$P-d" link set "$P-3d" up
@@ -223,6 +226,10 @@ DUP_SUPPRESSED=$(cat "$WORK"/erin-*.log | grep -c "duplicate delivery suppressed
 [ "$DUP_SUPPRESSED" = 0 ] || fail "$DUP_SUPPRESSED duplicate deliveries reached erin's mailbox"
 AT_B=$(wc -l <"$WORK/erin-b.jsonl")
 [ "$AT_B" = 40 ] || fail "expected 40 messages shown at B, got $AT_B"
+# One sender's messages, held in custody (and carried through a kill -9), in the order sent.
+for tag in p1 p2 p3; do
+    in_order "$tag" "$WORK/erin-e.jsonl" || fail "the $tag messages were not shown in the order sent"
+done
 
 FAILED=0
 cat <<EOF
@@ -233,5 +240,5 @@ netns mesh test: PASS ($(( ($(now_ms) - T_START) / 1000 )) s)
   partition + kill -9 + heal:     400/400 delivered exactly once
   backlog drain after the heal:   ${DRAIN_RATE} bundles/s (${BACKLOG} in ${DRAIN_MS} ms; target >= 5000/s)
   user moved E -> B:              40/40 followed her
-  total:                          $(echo "$GOT" | wc -l) messages, each shown once, no duplicate deliveries
+  total:                          $(echo "$GOT" | wc -l) messages, each shown once, no duplicate deliveries, held mail in the order sent
 EOF

@@ -71,6 +71,15 @@ pub enum PushEvent {
     Other(u16),
 }
 
+/// What an Attach did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// Messages that waited in this node's custody and are now in the mailbox.
+    pub delivered: u64,
+    /// The user's previous home, when it was another node: mail left there is on its way.
+    pub moved_from: Option<NodeId>,
+}
+
 /// A connection to a node.
 #[derive(Debug)]
 pub struct Client {
@@ -290,7 +299,7 @@ impl Client {
         let rid = self
             .next_request
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let frame = encode_request(method_id, rid, payload)?;
+        let frame = encode_request(method_id, rid, payload).map_err(ClientError::Request)?;
         let (mut send, mut recv) = self.conn.open_bi().await?;
         send.write_all(&frame).await.map_err(stream_err)?;
         send.finish().map_err(stream_err)?;
@@ -536,11 +545,11 @@ impl Client {
     /// (Attach, 107), so every node routes `id`'s mail here and can encrypt to it, and moves
     /// what waited for `id` into its mailbox; on a node without a mesh (or any plain qpq
     /// server), uploads the hybrid key (302). Returns the messages that were waiting.
-    pub async fn attach(&self, id: &Identity) -> Result<u64, ClientError> {
+    pub async fn attach(&self, id: &Identity) -> Result<Attached, ClientError> {
         let h = self.health().await?;
         if h.mesh_node_id.is_empty() {
             self.upload_hybrid_key(id).await?;
-            return Ok(0);
+            return Ok(Attached::default());
         }
         let node = NodeId::from_field(&h.mesh_node_id, "mesh_node_id")?;
         let me = id.public_key();
@@ -558,7 +567,12 @@ impl Client {
                 },
             )
             .await?;
-        Ok(r.delivered)
+        Ok(Attached {
+            delivered: r.delivered,
+            moved_from: (!r.moved_from.is_empty())
+                .then(|| NodeId::from_field(&r.moved_from, "moved_from"))
+                .transpose()?,
+        })
     }
 
     /// BroadcastPublish (810): floods sealed bytes to a topic. Returns whether the node had
@@ -690,14 +704,39 @@ impl Client {
         ttl_secs: u32,
         message_id: MessageId,
     ) -> Result<(IdentityKey, pb::EnqueueResponse), ClientError> {
-        let (recipient, hybrid) = self.fetch_hybrid_key(to).await?.ok_or_else(|| {
+        let (recipient, hybrid) = self.recipient(to).await?;
+        let resp = self
+            .send_text_to(me, &recipient, &hybrid, text, ttl_secs, message_id)
+            .await?;
+        Ok((recipient, resp))
+    }
+
+    /// A recipient's identity and hybrid key, looked up by key or fingerprint; an error naming
+    /// them when the node has no key for them.
+    pub async fn recipient(
+        &self,
+        to: &HybridKeyLookup,
+    ) -> Result<(IdentityKey, HybridPublicKey), ClientError> {
+        self.fetch_hybrid_key(to).await?.ok_or_else(|| {
             ClientError::UnknownRecipient(match to {
                 HybridKeyLookup::Identity(k) => k.to_string(),
                 HybridKeyLookup::Fingerprint(f) => f.to_string(),
             })
-        })?;
-        let sealed =
-            message::seal_text(me, &recipient, &hybrid, &message_id, crate::now_ms(), text)?;
+        })
+    }
+
+    /// [`Client::send_text`] to a recipient whose hybrid key is known already (one request, not
+    /// two, per message).
+    pub async fn send_text_to(
+        &self,
+        me: &Identity,
+        recipient: &IdentityKey,
+        hybrid: &HybridPublicKey,
+        text: &str,
+        ttl_secs: u32,
+        message_id: MessageId,
+    ) -> Result<pb::EnqueueResponse, ClientError> {
+        let sealed = message::seal_text(me, recipient, hybrid, &message_id, crate::now_ms(), text)?;
         let resp = self
             .enqueue(&pb::EnqueueRequest {
                 recipient_key: recipient.as_bytes().to_vec(),
@@ -709,7 +748,7 @@ impl Client {
                 device_id: vec![],
             })
             .await?;
-        Ok((recipient, resp))
+        Ok(resp)
     }
 
     /// Closes the connection politely and waits briefly for the node to hear it.

@@ -19,7 +19,8 @@ pub enum ClientError {
     /// The node presented a different certificate than the one pinned for it.
     #[error(
         "the certificate of node {node} has changed: expected {expected}, got {presented}. \
-         If the node was reinstalled on purpose, remove its line from {known_nodes} and connect again"
+         If the node was reinstalled on purpose, run `ferry forget {node}` (or remove its line \
+         from {known_nodes}) and connect again"
     )]
     CertificateChanged {
         /// The node, as written in the known-nodes file.
@@ -68,6 +69,9 @@ pub enum ClientError {
     /// A frame or message from the node did not decode.
     #[error("bad response from node: {0}")]
     Proto(#[from] ProtoError),
+    /// A request could not be sent as it is (larger than a frame may be, say).
+    #[error("cannot send this request: {0}")]
+    Request(ProtoError),
     /// The identity file is missing, unreadable or malformed.
     #[error("identity file {path}: {reason}")]
     Identity {

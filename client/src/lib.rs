@@ -33,7 +33,7 @@ pub mod topic;
 pub mod trust;
 
 pub use batch::{BatchOptions, Batcher};
-pub use client::{Client, ConnectOptions, PushEvent};
+pub use client::{Attached, Client, ConnectOptions, PushEvent};
 pub use error::ClientError;
 pub use identity::Identity;
 pub use trust::Trust;
@@ -47,11 +47,24 @@ pub fn now_ms() -> u64 {
 }
 
 /// A new message id: time-ordered ([`MessageId::time_ordered`]), so the nodes that store it
-/// write less flash than for a random one.
+/// write less flash than for a random one, and greater than every id this process made
+/// before: within one millisecond (or after the clock stepped back) it is the last one plus
+/// one (RFC 9562, 6.2, method 2), so one sender's messages sort in the order they were made,
+/// which is how the mesh and `ferry inbox` put them in order.
 pub fn new_message_id() -> Result<ferry_proto::types::MessageId, ClientError> {
-    Ok(ferry_proto::types::MessageId::time_ordered(
-        now_ms(),
-        random::<10>()?,
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+    let fresh = ferry_proto::types::MessageId::time_ordered(now_ms(), random::<10>()?);
+    let fresh = u128::from_be_bytes(*fresh.as_bytes());
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *last = if fresh > *last {
+        fresh
+    } else {
+        last.wrapping_add(1)
+    };
+    Ok(ferry_proto::types::MessageId::from_array(
+        last.to_be_bytes(),
     ))
 }
 
@@ -71,6 +84,12 @@ mod tests {
         let b = super::new_message_id().unwrap();
         let after = super::now_ms();
         assert_ne!(a, b);
+        // Made one after the other, they sort in that order, also within one millisecond.
+        let many: Vec<_> = (0..1000)
+            .map(|_| super::new_message_id().unwrap())
+            .collect();
+        assert!(many.windows(2).all(|w| w[0] < w[1]));
+        assert!(a < b && b < many[0]);
         for id in [a, b] {
             let mut ms = [0u8; 8];
             ms[2..].copy_from_slice(&id.as_bytes()[..6]);

@@ -1,8 +1,10 @@
 //! A small journal of message ids already shown to the user, so that a message is never shown
 //! twice even when the program dies between showing it and acknowledging it to the node.
 //!
-//! One id (hex) per line, appended and synced before the message is shown; compacted to the
-//! newest half when it grows past its cap.
+//! One id (hex) per line, appended and synced right after the message was written out (so a
+//! message that could not be written is never taken for shown); compacted to the newest half
+//! when it grows past its cap. The file is private (mode 0600): it says whom you heard from
+//! when.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -53,14 +55,20 @@ impl SeenLog {
                 order.push_back(id);
             }
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        // A last line without its newline was cut short by a crash while it was recorded (its
-        // message was not shown yet: recording comes first). End it, or the next id recorded
-        // would be glued to it and both would be unreadable after the next restart.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts.open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            // A journal made by an earlier version was world-readable.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        // A last line without its newline was cut short by a crash while it was recorded (the
+        // message was shown; it is recorded again when it comes back). End it, or the next id
+        // recorded would be glued to it and both would be unreadable after the next restart.
         if !text.is_empty() && !text.ends_with('\n') {
             file.write_all(b"\n").map_err(io)?;
             file.sync_data().map_err(io)?;
@@ -78,7 +86,7 @@ impl SeenLog {
         self.set.contains(id)
     }
 
-    /// Records an id durably. Call before showing the message.
+    /// Records an id durably. Call once the message was written out.
     pub fn record(&mut self, id: MessageId) -> Result<(), ClientError> {
         if !self.set.insert(id) {
             return Ok(());
@@ -116,7 +124,11 @@ impl SeenLog {
             text.push('\n');
         }
         {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp).map_err(io)?;
             f.write_all(text.as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
         }

@@ -35,7 +35,7 @@ impl Trust {
 
 /// The parsed known-nodes file.
 #[derive(Debug, Default)]
-pub(crate) struct KnownNodes {
+pub struct KnownNodes {
     entries: Vec<(String, Fingerprint)>,
 }
 
@@ -90,6 +90,35 @@ impl KnownNodes {
             .iter()
             .find(|(n, _)| n == node)
             .map(|(_, fp)| *fp)
+    }
+
+    /// Removes `node`'s entry (like `ssh-keygen -R`): the next connection pins what it finds.
+    /// Returns the fingerprint that was pinned, if any. The file is rewritten whole (beside
+    /// itself, then renamed); its comments and other entries stay.
+    pub fn forget(path: &Path, node: &str) -> Result<Option<Fingerprint>, ClientError> {
+        let _guard = PIN_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (known, _) = Self::read(path)?;
+        let Some(fp) = known.get(node) else {
+            return Ok(None);
+        };
+        let io = |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let kept: String = text
+            .lines()
+            .filter(|l| l.split_whitespace().next() != Some(node))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(kept.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(Some(fp))
     }
 
     /// Records `fp` as `node`'s certificate, unless the file has an entry for `node` by now

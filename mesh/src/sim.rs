@@ -962,6 +962,7 @@ impl<'a> World<'a> {
                         from: None,
                         hop_count: 0,
                         hop_limit: ferry_proto::limits::DEFAULT_HOP_LIMIT,
+                        order: crate::core::order_of(&mail.message_id),
                     };
                     self.nodes[i].durable.custody.insert(
                         digest,
@@ -1038,6 +1039,7 @@ impl<'a> World<'a> {
                         from: None,
                         hop_count: 0,
                         hop_limit: ferry_proto::limits::DEFAULT_HOP_LIMIT,
+                        order: crate::core::order_of(&m.message_id),
                     });
                     self.nodes[i].durable.custody.insert(
                         digest,
@@ -1269,6 +1271,7 @@ impl<'a> World<'a> {
                 from: sb.from,
                 hop_count: sb.bundle.hop_count,
                 hop_limit: sb.bundle.hop_limit,
+                order: crate::core::order_of(&sb.bundle.message_id),
             })
             .collect();
         mesh.handle_custody_added(metas);
@@ -1441,7 +1444,7 @@ impl<'a> World<'a> {
                         || !self.alive(b)
                     {
                         if let Some(m) = self.nodes[a].mesh.as_mut() {
-                            m.handle_dial_failed(t, node_id(b));
+                            m.handle_dial_failed(t, node_id(b), "no link");
                         }
                         self.pump(a);
                         continue;
@@ -1481,7 +1484,7 @@ impl<'a> World<'a> {
                     }
                     let pid = self.nodes[peer].id;
                     if let Some(m) = self.nodes[node].mesh.as_mut() {
-                        m.handle_dial_failed(t, pid);
+                        m.handle_dial_failed(t, pid, "unreachable");
                     }
                     self.pump(node);
                 }

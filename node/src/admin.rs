@@ -25,6 +25,19 @@ const MAX_COMMAND: usize = 64;
 /// Binds the socket, replacing a stale file left by a node that died, refusing if another
 /// node answers on it.
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    // Its directory may be one that only a service manager makes (`/run/ferry-hub`): made
+    // here too, private, so the node runs the same by hand.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
     if path.exists() {
         if StdUnixStream::connect(path).is_ok() {
             return Err(NodeError::Bind {
@@ -41,7 +54,6 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, NodeError> {
         addr: path.display().to_string(),
         source,
     })?;
-    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     Ok(l)
 }
@@ -82,7 +94,8 @@ async fn answer(state: &State, cmd: &str) -> Value {
             let sizes = mesh.map(|m| m.sizes());
             json!({
                 "version": env!("CARGO_PKG_VERSION"),
-                "certificate": state.node_id,
+                "node_id": state.node_id.to_hex(),
+                "certificate": state.fingerprint.to_string(),
                 "uptime_secs": state.started.elapsed().as_secs(),
                 "draining": state.is_draining(),
                 "mesh": mesh.map(|m| json!({
@@ -120,6 +133,7 @@ async fn answer(state: &State, cmd: &str) -> Value {
                             "restored": p.restored,
                             "age_ms": p.age_ms,
                             "failures": p.failures,
+                            "last_error": p.last_error,
                             "suspect": p.suspect,
                             "heard_ms_ago": p.heard_ms_ago,
                         })

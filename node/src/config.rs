@@ -407,6 +407,47 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// What `--check-config` checks beyond [`NodeConfig::validate`], as a start would find
+    /// it: every address the node listens on parses and can be bound (one in use passes: the
+    /// node running now holds its own), and the data directory is a directory or can be made.
+    /// Returns notes for the operator; nothing is left bound or made.
+    pub fn check_start(&self) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
+        let mut listeners = vec![("listen", self.listen.as_str(), false)];
+        if self.mesh.enabled {
+            listeners.push(("mesh.listen", self.mesh.listen.as_str(), false));
+        }
+        if self.mesh.enabled && self.role == Role::Hub {
+            listeners.push(("federation.listen", self.federation.listen.as_str(), false));
+        }
+        if let Some(m) = &self.metrics {
+            listeners.push(("metrics", m.as_str(), true));
+        }
+        for (field, value, tcp) in listeners {
+            if let Some(note) = check_bind(field, value, tcp)? {
+                notes.push(note);
+            }
+        }
+        let mut dir = self.data_dir.as_path();
+        loop {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => {
+                    return Err(format!(
+                        "data_dir {}: {} is not a directory",
+                        self.data_dir.display(),
+                        dir.display()
+                    ));
+                }
+                Err(_) => match dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => dir = p,
+                    _ => break,
+                },
+            }
+        }
+        Ok(notes)
+    }
+
     /// Overlays every key the file sets; a malformed value is an error naming it.
     pub fn apply(&mut self, f: &FileConfig) -> Result<(), String> {
         if let Some(v) = &f.data_dir {
@@ -612,6 +653,39 @@ impl NodeConfig {
     }
 }
 
+/// Parses a listening address as the node does (`[::]` also tries `0.0.0.0`) and binds it
+/// for a moment (UDP, or TCP for `metrics`).
+fn check_bind(field: &str, value: &str, tcp: bool) -> Result<Option<String>, String> {
+    let addr: std::net::SocketAddr = value.parse().map_err(|_| {
+        format!("{field} = {value:?}: not an address with a port from 1 to 65535, like [::]:5001")
+    })?;
+    let mut tries = vec![addr];
+    if addr.ip().is_unspecified() && addr.is_ipv6() {
+        tries.push(std::net::SocketAddr::from(([0, 0, 0, 0], addr.port())));
+    }
+    let mut last = None;
+    for a in tries {
+        let bound = if tcp {
+            std::net::TcpListener::bind(a).map(drop)
+        } else {
+            std::net::UdpSocket::bind(a).map(drop)
+        };
+        match bound {
+            Ok(()) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Ok(Some(format!(
+                    "{field} = {value:?} is in use (by the node running now, if it is this one)"
+                )));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(format!(
+        "{field} = {value:?}: cannot be bound: {}",
+        last.map_or_else(|| "no address".to_string(), |e| e.to_string())
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,6 +724,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn check_start_finds_what_a_start_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = || NodeConfig {
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".into(),
+            mesh: MeshConfig {
+                listen: "127.0.0.1:0".into(),
+                ..MeshConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        assert_eq!(base().check_start(), Ok(vec![]));
+        let mut c = base();
+        c.listen = "[::]:70000".into();
+        assert!(
+            c.check_start()
+                .unwrap_err()
+                .contains("listen = \"[::]:70000\"")
+        );
+        let mut c = base();
+        // TEST-NET-1: no interface here has it.
+        c.mesh.listen = "192.0.2.1:5002".into();
+        let e = c.check_start().unwrap_err();
+        assert!(
+            e.starts_with("mesh.listen = \"192.0.2.1:5002\": cannot be bound"),
+            "{e}"
+        );
+        let mut c = base();
+        c.metrics = Some("127.0.0.1".into());
+        assert!(c.check_start().unwrap_err().starts_with("metrics"));
+        // In use (the running node): passes, with a note.
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut c = base();
+        c.listen = held.local_addr().unwrap().to_string();
+        let notes = c.check_start().unwrap();
+        assert!(notes[0].contains("in use"), "{notes:?}");
+        // A data directory under a file.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let mut c = base();
+        c.data_dir = dir.path().join("file/ferry");
+        assert!(c.check_start().unwrap_err().contains("is not a directory"));
     }
 
     #[test]

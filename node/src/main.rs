@@ -36,6 +36,8 @@ enum Command {
     Inbox(cli::inbox::InboxArgs),
     /// Show a node's health.
     Status(cli::status::StatusArgs),
+    /// Forget a node's pinned certificate (it was reinstalled on purpose).
+    Forget(cli::status::ForgetArgs),
     /// List the mesh peers of the node running here (admin socket).
     #[cfg(unix)]
     Peers(cli::admin::AdminArgs),
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "client")]
         Command::Inbox(i) => cli::with_runtime(args.log, cli::inbox::run(i)),
         Command::Status(s) => cli::with_runtime(args.log, cli::status::run(s)),
+        Command::Forget(f) => cli::status::forget(f),
         #[cfg(unix)]
         Command::Peers(a) => cli::admin::peers(a),
         #[cfg(unix)]
@@ -92,6 +95,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of standard output went away (`ferry inbox | head -2`): it has what it
+        // wanted; nothing more to say.
+        Err(e) if e.is::<cli::OutputClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", report(&e));
             ExitCode::FAILURE

@@ -164,7 +164,11 @@ async fn static_peers(
                             *id = Some(n);
                             break;
                         }
-                        Err(e) => tracing::debug!(error = %e, "static peer did not answer"),
+                        Err(e) => tracing::warn!(
+                            peer = %p.addr,
+                            error = %e,
+                            "static peer does not answer; trying again in 30 s"
+                        ),
                     }
                 }
             }
@@ -196,13 +200,13 @@ async fn static_peers(
 /// Starts the mesh on the node's store.
 pub(crate) async fn start(
     cfg: &NodeConfig,
+    secret: [u8; 32],
     store: Store,
     client_addr: SocketAddr,
     fingerprint: Fingerprint,
     kick: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) -> Result<Started, NodeError> {
-    let secret = driver::load_or_create_key(&cfg.mesh_key_path()).map_err(mesh_err)?;
     let mesh_transport = bind(cfg, secret).await?;
     let (transport, federation): (Arc<dyn Transport>, _) =
         if cfg.role == Role::Hub || !cfg.federation.hubs.is_empty() {

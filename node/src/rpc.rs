@@ -266,11 +266,10 @@ fn health(state: &State) -> Reply {
     let depth = state.store.depth();
     Reply::ok(&pb::HealthResponse {
         status: crate::health_status(state, depth.is_ok()).into(),
-
         uptime_secs: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
         queue_depth: depth.unwrap_or(0),
-        node_id: state.node_id.clone(),
+        node_id: state.node_id.to_hex(),
         mesh_node_id: state
             .mesh
             .as_ref()
@@ -1004,10 +1003,20 @@ async fn attach(state: &Arc<State>, me: IdentityKey, payload: &[u8]) -> Reply {
         hybrid,
         signature,
     };
+    // Where the user was at home until now: mail left there follows them here.
+    let moved_from = mesh
+        .presence_of(&me)
+        .map(|(home, _)| home)
+        .filter(|home| *home != node);
     match mesh.attach(claim).await {
         Ok(delivered) => {
             inc(&state.metrics.c.attach);
-            Reply::ok(&pb::AttachResponse { delivered })
+            Reply::ok(&pb::AttachResponse {
+                delivered,
+                moved_from: moved_from
+                    .map(|n| n.as_bytes().to_vec())
+                    .unwrap_or_default(),
+            })
         }
         Err(MeshError::ClaimRefused) => Reply::err(
             Status::Unauthorized,

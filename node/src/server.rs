@@ -54,6 +54,8 @@ pub struct RunningNode {
     pub metrics_addr: Option<SocketAddr>,
     /// SHA-256 of the node certificate, which clients pin.
     pub cert_fingerprint: Fingerprint,
+    /// The node's id (its node key), with or without the mesh.
+    pub node_id: NodeId,
     /// Whether the certificate was made by this start.
     pub cert_created: bool,
     /// The mesh node id, unless the mesh is off.
@@ -197,7 +199,15 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     }
     let (node_cert, cert_created) = cert::load_or_create(&dir)?;
     let fingerprint = node_cert.fingerprint;
-    let node_span = tracing::info_span!("node", id = %fingerprint.short());
+    // The node key: the node's one id (its public half), in logs, `ferry status` and the mesh.
+    let secret = ferry_mesh::driver::load_or_create_key(&cfg.mesh_key_path())
+        .map_err(|e| NodeError::Mesh(e.to_string()))?;
+    let node_id = NodeId::from_array(
+        ed25519_dalek::SigningKey::from_bytes(&secret)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let node_span = tracing::info_span!("node", id = %node_id.short());
     let metrics = Metrics::new();
     let store_cfg = cfg.store.clone();
     let db_path = cfg.db_path();
@@ -232,6 +242,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let mesh = if cfg.mesh.enabled {
         let started = crate::mesh::start(
             &cfg,
+            secret,
             store.clone(),
             local_addr,
             fingerprint,
@@ -260,10 +271,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         store,
         cfg.clone(),
         metrics,
-        fingerprint,
-        handle.clone(),
-        federation,
-        peers_kick,
+        (node_id, fingerprint),
+        crate::state::Links {
+            mesh: handle.clone(),
+            federation,
+            peers_kick,
+        },
     ));
     let mut discovery = None;
     if let Some(m) = mesh {
@@ -304,7 +317,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         if cert_created {
             tracing::info!(fingerprint = %fingerprint, dir = %dir.display(), "generated a self-signed certificate");
         }
-        tracing::info!(addr = %local_addr, fingerprint = %fingerprint, "accepting QUIC connections (ALPN qpq)");
+        tracing::info!(addr = %local_addr, fingerprint = %fingerprint, node = %node_id, "accepting QUIC connections (ALPN qpq)");
         if let Some(m) = metrics_addr {
             tracing::info!(addr = %m, "serving /metrics and /healthz");
         }
@@ -322,6 +335,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         local_addr,
         metrics_addr,
         cert_fingerprint: fingerprint,
+        node_id,
         cert_created,
         mesh_node_id: handle.as_ref().map(|m| m.node_id()),
         mesh_addrs: handle.as_ref().map(|m| m.local_addrs()).unwrap_or_default(),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ferry_proto::types::{Fingerprint, IdentityKey, MailboxAddr, SessionToken};
+use ferry_proto::types::{Fingerprint, IdentityKey, MailboxAddr, NodeId, SessionToken};
 use ferry_store::Store;
 use portable_atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{Notify, Semaphore};
@@ -28,7 +28,10 @@ pub(crate) struct State {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limiter: Option<RateLimiter>,
     pub(crate) started: Instant,
-    pub(crate) node_id: String,
+    /// This node: the public half of its node key (`node.key`), with or without the mesh.
+    pub(crate) node_id: NodeId,
+    /// SHA-256 of its TLS certificate, which clients pin.
+    pub(crate) fingerprint: Fingerprint,
     /// The mesh, unless disabled.
     pub(crate) mesh: Option<ferry_mesh::driver::MeshHandle>,
     /// The federation endpoint (hubs, and edges with hubs).
@@ -76,16 +79,27 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// What a node links with, handed to [`State::new`].
+pub(crate) struct Links {
+    pub(crate) mesh: Option<ferry_mesh::driver::MeshHandle>,
+    pub(crate) federation: Option<Arc<ferry_mesh::driver::federation::Federation>>,
+    pub(crate) peers_kick: Arc<Notify>,
+}
+
 impl State {
+    /// `node_id` and `fingerprint` name this node: its node key and its certificate.
     pub(crate) fn new(
         store: Store,
         cfg: NodeConfig,
         metrics: Arc<Metrics>,
-        cert_fingerprint: Fingerprint,
-        mesh: Option<ferry_mesh::driver::MeshHandle>,
-        federation: Option<Arc<ferry_mesh::driver::federation::Federation>>,
-        peers_kick: Arc<Notify>,
+        (node_id, fingerprint): (NodeId, Fingerprint),
+        links: Links,
     ) -> Self {
+        let Links {
+            mesh,
+            federation,
+            peers_kick,
+        } = links;
         let limiter =
             (cfg.rate_limit > 0).then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, 16_384));
         let handshakes = (cfg.connection_rate > 0).then(|| {
@@ -111,7 +125,8 @@ impl State {
             limiter,
             metrics,
             started: Instant::now(),
-            node_id: cert_fingerprint.short(),
+            node_id,
+            fingerprint,
             mesh,
             federation,
             broadcast: Notify::new(),

@@ -655,3 +655,203 @@ async fn ferry_bench_delivers_every_message_once() {
         );
     }
 }
+
+/// Alice and Bob with identity files in `cfg`; returns their paths and Bob's public key.
+fn two_users(cfg: &Path) -> (String, String, String) {
+    let (a, b) = (cfg.join("alice.json"), cfg.join("bob.json"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    ferry(cfg, &["id", "new", "--out", a]);
+    let bob: serde_json::Value =
+        serde_json::from_str(&ferry(cfg, &["id", "new", "--out", b, "--json"])).unwrap();
+    (
+        a.to_string(),
+        b.to_string(),
+        bob["public_key"].as_str().unwrap().to_string(),
+    )
+}
+
+/// `ferry inbox | head -1`: the reader takes one line and goes away. The CLI ends quietly
+/// (exit 0, it was a panic and exit 134) and acknowledges only what was read, so the next run
+/// shows the other four, in order; none is lost, none shown twice.
+#[test]
+fn inbox_into_a_reader_that_goes_away_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("node"), "127.0.0.1:0");
+    let cfg = dir.path().join("cfg");
+    let (a, b, to) = two_users(&cfg);
+    let addr = node.addr.as_str();
+    ferry(&cfg, &["inbox", "--node", addr, "--id", &b]);
+    for n in 1..=5 {
+        let text = format!("m{n}");
+        ferry(
+            &cfg,
+            &["send", "--node", addr, "--id", &a, "--to", &to, &text],
+        );
+    }
+    let mut inbox = Command::new(FERRY)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .args(["inbox", "--node", addr, "--id", &b])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(inbox.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.trim_end().ends_with("  m1"), "{first}");
+    // The reader is gone (the pipe's read end closed with the BufReader).
+    let out = inbox.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest: Vec<String> = ferry(&cfg, &["inbox", "--node", addr, "--id", &b])
+        .lines()
+        .map(|l| l.rsplit("  ").next().unwrap().to_string())
+        .collect();
+    assert_eq!(rest, ["m2", "m3", "m4", "m5"]);
+    // The journal of what was shown is the user's alone, as the identity beside it.
+    let seen = Path::new(&b).with_extension("seen");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&seen).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", seen.display());
+    assert_eq!(ferry(&cfg, &["inbox", "--node", addr, "--id", &b]), "");
+    // --count: two shown, the rest stay.
+    for n in 6..=8 {
+        let text = format!("m{n}");
+        ferry(
+            &cfg,
+            &["send", "--node", addr, "--id", &a, "--to", &to, &text],
+        );
+    }
+    let two = ferry(&cfg, &["inbox", "--node", addr, "--id", &b, "-n", "2"]);
+    assert_eq!(two.lines().count(), 2, "{two}");
+    assert!(two.ends_with("m7\n"), "{two}");
+    let last = ferry(&cfg, &["inbox", "--node", addr, "--id", &b]);
+    assert!(
+        last.ends_with("  m8\n") && last.lines().count() == 1,
+        "{last}"
+    );
+}
+
+/// A sender cannot drive the recipient's terminal: escape sequences and direction overrides
+/// are shown escaped, and a newline cannot make a line that passes for another message.
+#[test]
+fn a_senders_control_characters_are_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("node"), "127.0.0.1:0");
+    let cfg = dir.path().join("cfg");
+    let (a, b, to) = two_users(&cfg);
+    let addr = node.addr.as_str();
+    ferry(&cfg, &["inbox", "--node", addr, "--id", &b]);
+    let nasty = "\x1b[2J\x1b]0;pwned\x07hi\n2026-12-07T10:00:00.000Z  SHA256:boss  pay him\u{202e}";
+    ferry(
+        &cfg,
+        &["send", "--node", addr, "--id", &a, "--to", &to, nasty],
+    );
+    let shown = ferry(&cfg, &["inbox", "--node", addr, "--id", &b]);
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07') && !shown.contains('\u{202e}'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}hi\n  | 2026-12-07T10:00:00.000Z"),
+        "{shown}"
+    );
+    assert_eq!(shown.lines().count(), 2);
+}
+
+/// No node at the address: every command says so within the connect timeout (2 s; it was
+/// 10 s for `status`, 31 s for `send`), not after minutes of retrying.
+#[test]
+fn no_node_answering_is_said_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    let (a, b, to) = two_users(&cfg);
+    // A UDP port that takes packets and never answers them (no ICMP either).
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = hole.local_addr().unwrap().to_string();
+    for args in [
+        vec!["status", "--node", &addr],
+        vec!["inbox", "--node", &addr, "--id", &b],
+        vec!["send", "--node", &addr, "--id", &a, "--to", &to, "hi"],
+    ] {
+        let started = Instant::now();
+        let out = Command::new(FERRY)
+            .env("XDG_CONFIG_HOME", &cfg)
+            .args(&args)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(&format!("no Ferry node answers at {addr}")),
+            "{args:?}: {stderr}"
+        );
+        // Generous for a loaded machine; the point is seconds, not half a minute.
+        assert!(took < Duration::from_secs(8), "{args:?} took {took:?}");
+    }
+}
+
+/// `ferry inbox --follow` whose node is replaced by another (a new certificate at the same
+/// address) exits with the message a single command gives, instead of retrying for ever;
+/// `ferry forget` drops the pin so the next command trusts the node it finds.
+#[test]
+fn inbox_follow_exits_on_a_changed_certificate_and_forget_drops_the_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("one"), "127.0.0.1:0");
+    let addr = node.addr.clone();
+    let cfg = dir.path().join("cfg");
+    let (_, b, _) = two_users(&cfg);
+    ferry(&cfg, &["inbox", "--node", &addr, "--id", &b]);
+    let mut follow = Command::new(FERRY)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .args(["inbox", "--follow", "--node", &addr, "--id", &b])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(node);
+    let other = NodeProc::start(&dir.path().join("two"), &addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = follow.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            panic!("inbox --follow kept retrying a changed certificate");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("has changed") && stderr.contains("ferry forget"),
+        "{stderr}"
+    );
+    let forgot = ferry(&cfg, &["forget", &addr]);
+    assert!(forgot.starts_with(&format!("forgot {addr}")), "{forgot}");
+    ferry(&cfg, &["inbox", "--node", &addr, "--id", &b]);
+    let known = std::fs::read_to_string(cfg.join("ferry/known_nodes")).unwrap();
+    assert_eq!(known, format!("{addr} {}\n", other.fingerprint));
+    // Forgetting a node never pinned says so.
+    let out = Command::new(FERRY)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .args(["forget", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pinned certificate"));
+}

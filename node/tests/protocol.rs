@@ -19,7 +19,9 @@ async fn health_needs_no_authentication() {
     assert_eq!(h.status, "ok");
     assert_eq!(h.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(h.queue_depth, 0);
-    assert_eq!(h.node_id, n.node.cert_fingerprint.short());
+    // One id: the node key's, whether or not the mesh runs (the same as the mesh's).
+    assert_eq!(h.node_id, n.node.node_id.to_hex());
+    assert_eq!(n.node.mesh_node_id, Some(n.node.node_id));
     assert_eq!(c.node_fingerprint(), n.node.cert_fingerprint);
     n.node.stop().await;
 }

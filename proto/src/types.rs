@@ -185,9 +185,10 @@ impl NodeId {
         HEXLOWER_PERMISSIVE.encode(&self.0)
     }
 
-    /// The first 5 bytes as hex: a short name for logs and tables.
+    /// The first 6 bytes as hex (12 digits): the short form of a node id, the same in logs,
+    /// tables and `ferry status`.
     pub fn short(&self) -> String {
-        HEXLOWER_PERMISSIVE.encode(self.0.get(..5).unwrap_or(&self.0))
+        HEXLOWER_PERMISSIVE.encode(self.0.get(..6).unwrap_or(&self.0))
     }
 }
 

@@ -26,7 +26,9 @@ fi
 FERRY=${FERRY_BIN:-}
 if [ -z "$FERRY" ]; then
     (cd "$ROOT" && cargo build --release --locked --bin ferry)
-    FERRY=$ROOT/target/release/ferry
+    # CARGO_TARGET_DIR when set (relative to the checkout), else target/.
+    FERRY=${CARGO_TARGET_DIR:-target}/release/ferry
+    case $FERRY in /*) ;; *) FERRY=$ROOT/$FERRY ;; esac
 fi
 
 WORK=$(mktemp -d "/tmp/$WORK_PREFIX.XXXXXX")
@@ -67,5 +69,12 @@ wait_for() {
 }
 
 in_ns() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
+# in_order TAG FILE...: the messages TAG-1, TAG-2, ... were shown in the order they were sent.
+in_order() {
+    local tag=$1
+    shift
+    cat "$@" | jq -se --arg t "$tag-" '[ .[] | select(.text | startswith($t))
+        | .text | ltrimstr($t) | tonumber ] as $n | $n == ($n | sort)' >/dev/null
+}
 admin() { "$FERRY" "$2" --data-dir "$WORK/$1" --json 2>/dev/null; }
 node_id() { grep -o 'mesh links listening.*node=[0-9a-f]*' "$WORK/$1.log" 2>/dev/null | tail -1 | sed 's/.*node=//'; }

@@ -42,6 +42,7 @@ impl BundleRecord {
         CustodyEntry {
             digest: self.digest(),
             recipient: self.mailbox.recipient,
+            message_id: self.message_id,
             expires_at_ms: self.expires_at_ms,
             size: u32::try_from(self.payload.len()).unwrap_or(u32::MAX),
             from: self.from,
@@ -72,6 +73,8 @@ pub struct CustodyEntry {
     pub digest: BundleDigest,
     /// Recipient.
     pub recipient: IdentityKey,
+    /// The message id (time-ordered from senders that follow qpq: the order they sent in).
+    pub message_id: MessageId,
     /// Absolute expiry, unix ms (this node's clock).
     pub expires_at_ms: u64,
     /// Payload bytes.

@@ -1798,11 +1798,18 @@ impl<'t> Tables<'t> {
         now_ms: u64,
     ) -> Result<DeliverReport, ApplyError> {
         let mut report = DeliverReport::default();
+        let mut records = Vec::with_capacity(digests.len());
         for d in digests {
-            let Some(r) = self.custody_remove(d)? else {
-                report.missing.push(*d);
-                continue;
-            };
+            match self.custody_remove(d)? {
+                Some(r) => records.push((*d, r)),
+                None => report.missing.push(*d),
+            }
+        }
+        // Into the mailbox in the order sent (message ids are time-ordered), whatever order
+        // they were held in: one sender's messages get their seqs in the order they were sent.
+        records.sort_by_key(|(d, r)| (*r.message_id.as_bytes(), *d));
+        for (d, r) in records {
+            let d = &d;
             if r.expires_at_ms <= now_ms {
                 self.meta.expired += 1;
                 report.missing.push(*d);

@@ -2,7 +2,7 @@
 //! the core keeps only what it needs to route them.
 
 use crate::det::{Keyed, Map, Set};
-use ferry_proto::types::{BundleDigest, IdentityKey, NodeId};
+use ferry_proto::types::{BundleDigest, IdentityKey, MessageId, NodeId};
 
 /// What the core knows about a bundle in custody.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,17 @@ pub struct BundleMeta {
     pub hop_count: u8,
     /// Hops allowed.
     pub hop_limit: u8,
+    /// Where it goes among its recipient's bundles: its message id as a number, which from
+    /// senders that make time-ordered ids (qpq's UUIDv7 layout, as Ferry's client does, one
+    /// after the other within a millisecond) is the order they were sent in. Bundles are
+    /// offered and delivered in this order, so one sender's messages held in the mesh reach
+    /// the recipient in the order sent.
+    pub order: u128,
+}
+
+/// The order key of a message id (see [`BundleMeta::order`]).
+pub fn order_of(id: &MessageId) -> u128 {
+    u128::from_be_bytes(*id.as_bytes())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,9 +158,14 @@ impl Custody {
             .get(r)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        // Deterministic order (the simulator replays from a seed).
-        v.sort();
+        // In the order sent (then by digest: deterministic, for the simulator's replays).
+        v.sort_by_key(|d| (self.entries.get(d).map_or(0, |e| e.meta.order), *d));
         v
+    }
+
+    /// Digests in the order their messages were sent (see [`BundleMeta::order`]).
+    pub(crate) fn sort(&self, v: &mut [BundleDigest]) {
+        v.sort_by_key(|d| (self.entries.get(d).map_or(0, |e| e.meta.order), *d));
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&BundleDigest, &Entry)> {

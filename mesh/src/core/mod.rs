@@ -26,7 +26,7 @@ use ferry_proto::limits::{
 use ferry_proto::types::{BundleDigest, IdentityKey, MessageId, NodeId};
 
 pub use broadcast::{Dropped as BroadcastDropped, Kept};
-pub use custody::BundleMeta;
+pub use custody::{BundleMeta, order_of};
 pub use peers::{PeerSource, PeerView};
 pub use presence::verify as verify_claim;
 pub use routes::RouteView;
@@ -646,14 +646,15 @@ impl Mesh {
         self.dial(now_ms);
     }
 
-    /// A dial failed.
-    pub fn handle_dial_failed(&mut self, now_ms: u64, peer: NodeId) {
+    /// A dial failed, and why (shown by `ferry peers`).
+    pub fn handle_dial_failed(&mut self, now_ms: u64, peer: NodeId, reason: &str) {
         let max = self.cfg.max_dial_backoff_ms;
         let base = {
             let Some(p) = self.peers.get_mut(&peer) else {
                 return;
             };
             p.dialing_since = None;
+            p.last_error = Some(reason.chars().take(200).collect());
             p.failures = p.failures.saturating_add(1);
             1_000u64.saturating_mul(1 << p.failures.min(16)).min(max)
         };
@@ -686,6 +687,7 @@ impl Mesh {
             p.linked = true;
             p.dialing_since = None;
             p.failures = 0;
+            p.last_error = None;
             p.last_seen_ms = now_ms;
         }
         self.stats.links_up += 1;
@@ -1255,6 +1257,7 @@ impl Mesh {
             from: Some(from),
             hop_count: b.hop_count.saturating_add(1),
             hop_limit: b.hop_limit,
+            order: custody::order_of(&b.message_id),
         };
         let refuse = |s: &mut Self, outcome: Stored| s.handle_stored(from, meta, outcome);
         if self.custody.contains(&d) {
@@ -1466,7 +1469,7 @@ impl Mesh {
             let Some(mut list) = offers.remove(&nh) else {
                 continue;
             };
-            list.sort();
+            self.custody.sort(&mut list);
             let room = self
                 .cfg
                 .link_window

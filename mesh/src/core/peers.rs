@@ -46,6 +46,8 @@ pub struct PeerView {
     pub failures: u32,
     /// A neighbour before this node restarted.
     pub restored: bool,
+    /// Why the last dial failed, while it has not linked since.
+    pub last_error: Option<String>,
     /// The link is up but has heard nothing for a while: routes avoid it where they can.
     pub suspect: bool,
     /// Milliseconds since the link last heard the peer (links whose driver reports it).
@@ -66,6 +68,7 @@ pub(crate) struct Peer {
     pub(crate) failures: u32,
     pub(crate) penalty_until_ms: u64,
     pub(crate) restored: bool,
+    pub(crate) last_error: Option<String>,
 }
 
 /// Why a peer was not added.
@@ -172,6 +175,7 @@ impl PeerTable {
             failures: 0,
             penalty_until_ms: 0,
             restored: source == PeerSource::Restored,
+            last_error: None,
         };
         Self::merge_addrs(&mut p.addrs, addrs);
         self.map.insert(id, p);
@@ -219,6 +223,7 @@ impl PeerTable {
                 age_ms: now_ms.saturating_sub(p.last_seen_ms),
                 failures: p.failures,
                 restored: p.restored,
+                last_error: p.last_error.clone(),
                 suspect: false,
                 heard_ms_ago: None,
             })

@@ -167,9 +167,24 @@ struct Inner {
     stop: watch::Sender<bool>,
     hop_limit: u8,
     peers_file: Option<std::path::PathBuf>,
+    /// Received bundles being stored, in the order they arrived (see [`stored_loop`]).
+    stored: mpsc::UnboundedSender<StoredJob>,
+    /// Snapshots of the neighbours handed out for writing, and a lock held while one is
+    /// written (writes run on blocking threads: one at a time, and never an older one after
+    /// a newer).
+    peers_written: AtomicU64,
+    peers_writing: std::sync::Mutex<()>,
     mdns_garbage: AtomicU64,
     /// The caller's span at start (the node's, with its id): every task logs inside it.
     span: tracing::Span,
+}
+
+/// A received bundle whose storing was asked for; its outcome goes to the core.
+struct StoredJob {
+    put: ferry_store::StoreFuture<CustodyOutcome>,
+    from: NodeId,
+    meta: BundleMeta,
+    mailbox: MailboxAddr,
 }
 
 /// A running mesh. Cheap to clone.
@@ -196,6 +211,7 @@ fn meta_of(e: &CustodyEntry, now_core: u64, now_wall: u64) -> BundleMeta {
         from: e.from.map(NodeId::from_array),
         hop_count: e.hop_count,
         hop_limit: e.hop_limit,
+        order: crate::core::order_of(&e.message_id),
     }
 }
 
@@ -259,6 +275,7 @@ impl MeshHandle {
             mesh.handle_restored_peers(0, read_peers(path));
         }
         let (events, rx) = mpsc::unbounded_channel();
+        let (stored, stored_rx) = mpsc::unbounded_channel();
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             core: Mutex::new(mesh),
@@ -272,11 +289,15 @@ impl MeshHandle {
             stop,
             hop_limit: opts.hop_limit,
             peers_file: opts.peers_file,
+            stored,
+            peers_written: AtomicU64::new(0),
+            peers_writing: std::sync::Mutex::new(()),
             mdns_garbage: AtomicU64::new(0),
             span: tracing::Span::current(),
         });
         let h = MeshHandle { inner };
         h.spawn(run(h.clone(), h.inner.stop.subscribe()));
+        h.spawn(stored_loop(h.clone(), stored_rx, h.inner.stop.subscribe()));
         h.spawn(accept_loop(h.clone(), h.inner.stop.subscribe()));
         h.spawn(hearing_loop(h.clone(), h.inner.stop.subscribe()));
         Ok((h, rx))
@@ -512,6 +533,20 @@ impl MeshHandle {
         }
     }
 
+    /// A dial failed: the core backs off; a peer the operator configured (a static peer, a
+    /// hub) is worth a warning with the reason, which `ferry peers` shows too.
+    fn dial_failed(&self, peer: NodeId, reason: &str) {
+        let configured = self.with_core(|m, now| {
+            m.handle_dial_failed(now, peer, reason);
+            m.peers(now).iter().any(|p| p.node == peer && p.configured)
+        });
+        if configured {
+            tracing::warn!(peer = %peer.short(), reason, "cannot link to a configured peer; trying again later");
+        } else {
+            tracing::debug!(peer = %peer.short(), reason, "dial failed");
+        }
+    }
+
     fn link_lost(&self, peer: NodeId, id: u64) {
         let slot = {
             let mut links = self.links();
@@ -598,34 +633,38 @@ impl MeshHandle {
         match out {
             Output::Send { to, msg } => self.send_frame(&to, wire::encode(msg)),
             Output::SendBundle { to, digest } => {
-                let h = self.clone();
-                self.spawn(async move {
-                    let rec = match h.inner.store.custody_get(&digest) {
-                        Ok(Some(r)) => r,
-                        Ok(None) => return,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reading a bundle to send failed");
-                            return;
-                        }
-                    };
-                    let rtt = h.links().get(&to).map(|s| s.link.rtt()).unwrap_or_default();
-                    let lifetime = rec
-                        .expires_at_ms
-                        .saturating_sub(wall_ms())
-                        .saturating_sub(u64::try_from(rtt.as_millis()).unwrap_or(0));
-                    let b = Bundle {
-                        message_id: rec.message_id,
-                        recipient: rec.mailbox.recipient,
-                        channel: rec.mailbox.channel,
-                        device: rec.mailbox.device,
-                        lifetime_ms: lifetime,
-                        hop_count: rec.hop_count,
-                        hop_limit: rec.hop_limit,
-                        sender: rec.sender,
-                        payload: rec.payload,
-                    };
-                    h.send_frame(&to, wire::encode(wire::LinkMsg::Bundle(b)));
-                });
+                // Read and queued here, not in a task of its own: tasks run in any order, and
+                // a link carries one sender's bundles in the order the core sends them (the
+                // order they were sent in), so that they reach the recipient in that order.
+                let rec = match store.custody_get(&digest) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a bundle to send failed");
+                        return;
+                    }
+                };
+                let rtt = self
+                    .links()
+                    .get(&to)
+                    .map(|s| s.link.rtt())
+                    .unwrap_or_default();
+                let lifetime = rec
+                    .expires_at_ms
+                    .saturating_sub(wall_ms())
+                    .saturating_sub(u64::try_from(rtt.as_millis()).unwrap_or(0));
+                let b = Bundle {
+                    message_id: rec.message_id,
+                    recipient: rec.mailbox.recipient,
+                    channel: rec.mailbox.channel,
+                    device: rec.mailbox.device,
+                    lifetime_ms: lifetime,
+                    hop_count: rec.hop_count,
+                    hop_limit: rec.hop_limit,
+                    sender: rec.sender,
+                    payload: rec.payload,
+                };
+                self.send_frame(&to, wire::encode(wire::LinkMsg::Bundle(b)));
             }
             Output::StoreBundle {
                 from,
@@ -633,48 +672,32 @@ impl MeshHandle {
                 meta,
                 deliver_local,
             } => {
-                let h = self.clone();
-                self.spawn(async move {
-                    let now_wall = wall_ms();
-                    let mailbox = MailboxAddr {
-                        recipient: bundle.recipient,
-                        channel: bundle.channel,
-                        device: bundle.device,
-                    };
-                    let rec = BundleRecord {
-                        mailbox,
-                        message_id: bundle.message_id,
-                        sender: bundle.sender,
-                        received_at_ms: now_wall,
-                        expires_at_ms: now_wall.saturating_add(bundle.lifetime_ms),
-                        hop_count: bundle.hop_count,
-                        hop_limit: bundle.hop_limit,
-                        from: Some(*from.as_bytes()),
-                        payload: bundle.payload,
-                    };
-                    let stored = match h
-                        .inner
-                        .store
-                        .custody_put(rec, deliver_local, now_wall)
-                        .await
-                    {
-                        Ok(CustodyOutcome::Stored) => Stored::Custody,
-                        Ok(CustodyOutcome::Delivered(seq)) => {
-                            let _ = h
-                                .inner
-                                .events
-                                .send(MeshEvent::Delivered(vec![(mailbox, seq)]));
-                            Stored::Delivered
-                        }
-                        Ok(CustodyOutcome::Duplicate) => Stored::Duplicate,
-                        Ok(CustodyOutcome::Expired) => Stored::Expired,
-                        Ok(CustodyOutcome::Full) => Stored::Refused,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "storing a received bundle failed");
-                            Stored::Refused
-                        }
-                    };
-                    h.with_core(|m, _| m.handle_stored(from, meta, stored));
+                let now_wall = wall_ms();
+                let mailbox = MailboxAddr {
+                    recipient: bundle.recipient,
+                    channel: bundle.channel,
+                    device: bundle.device,
+                };
+                let rec = BundleRecord {
+                    mailbox,
+                    message_id: bundle.message_id,
+                    sender: bundle.sender,
+                    received_at_ms: now_wall,
+                    expires_at_ms: now_wall.saturating_add(bundle.lifetime_ms),
+                    hop_count: bundle.hop_count,
+                    hop_limit: bundle.hop_limit,
+                    from: Some(*from.as_bytes()),
+                    payload: bundle.payload,
+                };
+                // Submitted here, in the order the bundles arrived (the order sent), and their
+                // outcomes taken in that order by one task (stored_loop): tasks of their own
+                // would run in any order, and the core forwards a bundle once it is stored.
+                let put = store.custody_put(rec, deliver_local, now_wall);
+                let _ = self.inner.stored.send(StoredJob {
+                    put,
+                    from,
+                    meta,
+                    mailbox,
                 });
             }
             Output::DeleteBundles(ds) => {
@@ -751,9 +774,22 @@ impl MeshHandle {
             }
             Output::PersistPeers(peers) => {
                 if let Some(path) = self.inner.peers_file.clone() {
+                    let snapshot = self.inner.peers_written.fetch_add(1, Ordering::AcqRel) + 1;
+                    let h = self.clone();
                     self.spawn(async move {
-                        let written =
-                            tokio::task::spawn_blocking(move || write_peers(&path, &peers)).await;
+                        let written = tokio::task::spawn_blocking(move || {
+                            let _one_at_a_time = h
+                                .inner
+                                .peers_writing
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            // A newer snapshot is (or was) written by its own task.
+                            if h.inner.peers_written.load(Ordering::Acquire) != snapshot {
+                                return Ok(());
+                            }
+                            write_peers(&path, &peers)
+                        })
+                        .await;
                         if let Ok(Err(e)) = written {
                             tracing::warn!(error = %e, "keeping the neighbours for a restart failed");
                         }
@@ -774,14 +810,8 @@ impl MeshHandle {
                         .await
                     {
                         Ok(Ok(link)) => h.register(link, me).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer.short(), error = %e, "dial failed");
-                            h.with_core(|m, now| m.handle_dial_failed(now, peer));
-                        }
-                        Err(_) => {
-                            tracing::debug!(peer = %peer.short(), "dial timed out");
-                            h.with_core(|m, now| m.handle_dial_failed(now, peer));
-                        }
+                        Ok(Err(e)) => h.dial_failed(peer, &e.to_string()),
+                        Err(_) => h.dial_failed(peer, "no answer (timed out)"),
                     }
                 });
             }
@@ -821,6 +851,41 @@ async fn run(h: MeshHandle, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Tells the core how the storing of each received bundle went, in the order the bundles
+/// arrived: it forwards them (or answers their sender) in that order, so one sender's
+/// messages leave this node in the order they came.
+async fn stored_loop(
+    h: MeshHandle,
+    mut jobs: mpsc::UnboundedReceiver<StoredJob>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let job = tokio::select! {
+            j = jobs.recv() => j,
+            _ = stop.changed() => return,
+        };
+        let Some(job) = job else { return };
+        let stored = match job.put.await {
+            Ok(CustodyOutcome::Stored) => Stored::Custody,
+            Ok(CustodyOutcome::Delivered(seq)) => {
+                let _ = h
+                    .inner
+                    .events
+                    .send(MeshEvent::Delivered(vec![(job.mailbox, seq)]));
+                Stored::Delivered
+            }
+            Ok(CustodyOutcome::Duplicate) => Stored::Duplicate,
+            Ok(CustodyOutcome::Expired) => Stored::Expired,
+            Ok(CustodyOutcome::Full) => Stored::Refused,
+            Err(e) => {
+                tracing::warn!(error = %e, "storing a received bundle failed");
+                Stored::Refused
+            }
+        };
+        h.with_core(|m, _| m.handle_stored(job.from, job.meta, stored));
     }
 }
 

@@ -70,7 +70,7 @@ fn list(v: &Value) -> &[Value] {
 pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
     let v = call(&args, "peers")?;
     if args.json {
-        out(&v.to_string());
+        out(&v.to_string())?;
         return Ok(());
     }
     let all = list(&v);
@@ -85,9 +85,9 @@ pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
     };
     let rows: Vec<&Value> = all.iter().filter(|p| args.all || !hearsay(p)).collect();
     out(&format!(
-        "{:<12}  {:<7}  {:<10}  {:>8}  {:>5}  addresses",
+        "{:<12}  {:<7}  {:<16}  {:>8}  {:>5}  addresses",
         "node", "link", "source", "seen", "fails"
-    ));
+    ))?;
     for p in &rows {
         let source = if p["hub"].as_bool() == Some(true) {
             "hub".to_string()
@@ -98,7 +98,7 @@ pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
         } else if p["restored"].as_bool() == Some(true) {
             "restored".to_string()
         } else if p["exchanged_by"].is_string() {
-            format!("via {}", short(&p["exchanged_by"]).get(..4).unwrap_or(""))
+            format!("via {}", short(&p["exchanged_by"]))
         } else {
             "incoming".to_string()
         };
@@ -109,23 +109,31 @@ pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
         };
         let addrs: Vec<&str> = list(&p["addrs"]).iter().filter_map(Value::as_str).collect();
         out(&format!(
-            "{:<12}  {:<7}  {:<10}  {:>7}s  {:>5}  {}",
+            "{:<12}  {:<7}  {:<16}  {:>7}s  {:>5}  {}",
             short(&p["node_id"]),
             link,
             source,
             p["age_ms"].as_u64().unwrap_or(0) / 1000,
             p["failures"].as_u64().unwrap_or(0),
             addrs.join(" ")
-        ));
+        ))?;
+        if let Some(why) = p["last_error"].as_str() {
+            // The reason can hold what the peer said when it closed: shown escaped.
+            out(&format!(
+                "{:<12}  last dial failed: {}",
+                "",
+                super::terminal_safe(why)
+            ))?;
+        }
     }
     let hidden = all.len() - rows.len();
     if hidden > 0 {
         out(&format!(
             "{} peers ({hidden} more only heard of from neighbours: --all)",
             rows.len()
-        ));
+        ))?;
     } else {
-        out(&format!("{} peers", rows.len()));
+        out(&format!("{} peers", rows.len()))?;
     }
     Ok(())
 }
@@ -133,14 +141,14 @@ pub(crate) fn peers(args: AdminArgs) -> anyhow::Result<()> {
 pub(crate) fn routes(args: AdminArgs) -> anyhow::Result<()> {
     let v = call(&args, "routes")?;
     if args.json {
-        out(&v.to_string());
+        out(&v.to_string())?;
         return Ok(());
     }
     let rows = list(&v);
     out(&format!(
         "{:<12}  {:<12}  {:>6}  {:>8}",
         "node", "next hop", "metric", "seqno"
-    ));
+    ))?;
     for r in rows {
         out(&format!(
             "{:<12}  {:<12}  {:>6}  {:>8}",
@@ -148,36 +156,36 @@ pub(crate) fn routes(args: AdminArgs) -> anyhow::Result<()> {
             short(&r["next_hop"]),
             r["metric"].as_u64().unwrap_or(0),
             r["seqno"].as_u64().unwrap_or(0),
-        ));
+        ))?;
     }
-    out(&format!("{} routes", rows.len()));
+    out(&format!("{} routes", rows.len()))?;
     Ok(())
 }
 
 pub(crate) fn presence(args: AdminArgs) -> anyhow::Result<()> {
     let v = call(&args, "presence")?;
     if args.json {
-        out(&v.to_string());
+        out(&v.to_string())?;
         return Ok(());
     }
     let rows = list(&v);
-    out(&format!("{:<52}  {:<12}  attached", "user", "node"));
+    out(&format!("{:<52}  {:<12}  attached", "user", "node"))?;
     for p in rows {
         out(&format!(
             "{:<52}  {:<12}  {}",
             p["user"].as_str().unwrap_or("-"),
             short(&p["node_id"]),
             p["timestamp_ms"].as_u64().map(rfc3339).unwrap_or_default(),
-        ));
+        ))?;
     }
-    out(&format!("{} users", rows.len()));
+    out(&format!("{} users", rows.len()))?;
     Ok(())
 }
 
 pub(crate) fn store(args: AdminArgs) -> anyhow::Result<()> {
     let v = call(&args, "store")?;
     if args.json {
-        out(&v.to_string());
+        out(&v.to_string())?;
         return Ok(());
     }
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
@@ -186,50 +194,50 @@ pub(crate) fn store(args: AdminArgs) -> anyhow::Result<()> {
         n("messages"),
         n("mailboxes"),
         n("bytes")
-    ));
+    ))?;
     out(&format!(
         "oldest:      {}",
         v["oldest_enqueued_ms"]
             .as_u64()
             .map(rfc3339)
             .unwrap_or_else(|| "-".into())
-    ));
+    ))?;
     out(&format!(
         "in custody:  {} bundles ({} bytes) for the mesh",
         n("custody_bundles"),
         n("custody_bytes")
-    ));
+    ))?;
     out(&format!(
         "expired:     {} since the database was created",
         n("expired_total")
-    ));
+    ))?;
     out(&format!(
         "dedup:       {} records kept for delivered messages, {} dropped early for room",
         n("dedup_records"),
         n("dedup_forgotten_total")
-    ));
+    ))?;
     out(&format!(
         "budget:      {} of {} bytes used (max_total_bytes)",
         n("used_bytes"),
         n("max_total_bytes")
-    ));
-    out(&format!("database:    {} bytes on disk", n("file_bytes")));
+    ))?;
+    out(&format!("database:    {} bytes on disk", n("file_bytes")))?;
     out(&format!(
         "writes:      {} commits ({} checkpoints), {} fsyncs, {} bytes written since start",
         n("commits"),
         n("checkpoints"),
         n("fsyncs"),
         n("bytes_written")
-    ));
+    ))?;
     Ok(())
 }
 
 pub(crate) fn reconnect(args: AdminArgs) -> anyhow::Result<()> {
     let v = call(&args, "reconnect")?;
     if args.json {
-        out(&v.to_string());
+        out(&v.to_string())?;
     } else {
-        out("redialling known peers");
+        out("redialling known peers")?;
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ fn mib(kib: u64) -> String {
 
 /// Prints the CPU per message a run cost: where the node's time goes (on a router, the figure
 /// that says how much traffic its CPU can carry) and what this load generator took.
-fn report_cpu(cpu: &CpuPerMessage) {
+fn report_cpu(cpu: &CpuPerMessage) -> anyhow::Result<()> {
     if let Some(us) = cpu.server {
         let parts: Vec<String> = cpu
             .server_threads
@@ -80,13 +80,14 @@ fn report_cpu(cpu: &CpuPerMessage) {
             } else {
                 format!(" ({})", parts.join(", "))
             }
-        ));
+        ))?;
     }
     if let Some(us) = cpu.own {
         out(&format!(
             "  load generator CPU:         {us:.1} µs per message"
-        ));
+        ))?;
     }
+    Ok(())
 }
 
 /// Median latency of a 4 KiB append + fdatasync in `dir`: what one durable commit costs at least.
@@ -120,6 +121,25 @@ async fn login(
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let result = load(args).await;
+    // A node with its default limits refuses a load generator's rate from one address: say
+    // how to run one for benchmarks.
+    let limited = result.as_ref().err().is_some_and(|e| {
+        let text = format!("{e:#}");
+        text.contains("RateLimited") || text.contains("too many")
+    });
+    if limited {
+        return result.context(
+            "the node limits what one address may do (requests and connections a second, \
+             connections at once): benchmark a node started with `--rate-limit 0` and, for many \
+             clients, `connection_rate = 0` and a higher `max_connections_per_address` in its \
+             config (as scripts/bench-node.sh does)",
+        );
+    }
+    result
+}
+
+async fn load(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.size >= 16, "--size must be at least 16 bytes");
     anyhow::ensure!(
         args.senders >= 1 && args.in_flight >= 1,
@@ -134,7 +154,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(pid) = args.node_pid
         && let Some((rss, _)) = rss_kib(pid)
     {
-        out(&format!("node RSS before this run: {}", mib(rss)));
+        out(&format!("node RSS before this run: {}", mib(rss)))?;
     }
     if !args.no_throughput {
         throughput(&args, &endpoint, &opts).await?;
@@ -149,7 +169,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "node RSS now: {}   peak (VmHWM): {}",
             mib(rss),
             mib(hwm)
-        ));
+        ))?;
     }
     Ok(())
 }
@@ -288,31 +308,31 @@ async fn throughput(
         } else {
             ""
         }
-    ));
+    ))?;
     out(&format!(
         "  durable enqueue throughput: {rate:.0} msg/s ({:.2} s)",
         sent_elapsed.as_secs_f64()
-    ));
+    ))?;
     out(&format!(
         "  end-to-end throughput:      {:.0} msg/s (consumer had all after {:.2} s)",
         total as f64 / e2e_elapsed.as_secs_f64(),
         e2e_elapsed.as_secs_f64()
-    ));
+    ))?;
     out(&format!(
         "  enqueue->ack latency:       p50 {:.2} ms  p99 {:.2} ms",
         percentile_ms(&ack_lat, 0.50),
         percentile_ms(&ack_lat, 0.99)
-    ));
+    ))?;
     out(&format!(
         "  end-to-end latency:         p50 {:.2} ms  p99 {:.2} ms",
         percentile_ms(&e2e, 0.50),
         percentile_ms(&e2e, 0.99)
-    ));
+    ))?;
     out(&format!(
         "  received {received}/{total}, lost {}, duplicated {dups}",
         total - received
-    ));
-    report_cpu(&cpu);
+    ))?;
+    report_cpu(&cpu)?;
     if let Some(dir) = &args.data_dir {
         let f = fsync_median(dir)?;
         let window = (args.in_flight * args.senders) as f64;
@@ -321,7 +341,7 @@ async fn throughput(
             f.as_secs_f64() * 1000.0,
             window / f.as_secs_f64().max(1e-9),
             window
-        ));
+        ))?;
     }
     for s in senders {
         if let Ok(s) = Arc::try_unwrap(s) {
@@ -370,14 +390,14 @@ async fn idle(
         "{} idle authenticated connections opened in {:.2} s",
         held.len(),
         start.elapsed().as_secs_f64()
-    ));
+    ))?;
     if let (Some((b, _)), Some((d, _))) = (before, during) {
         out(&format!(
             "  node RSS with them: {} (was {} before; {:.1} KiB per connection)",
             mib(d),
             mib(b),
             (d.saturating_sub(b)) as f64 / held.len().max(1) as f64
-        ));
+        ))?;
     }
     // Close in small batches: a thousand CONNECTION_CLOSE packets at once overflow the
     // node's UDP receive buffer, and QUIC does not retransmit a close, so those connections

@@ -8,7 +8,7 @@ use anyhow::Context;
 use ferry_client::topic::Topic;
 use ferry_proto::types::MessageId;
 
-use super::{NodeFlags, out, rfc3339};
+use super::{NodeFlags, json_line, out, rfc3339, terminal_safe};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BroadcastArgs {
@@ -63,7 +63,7 @@ pub(crate) async fn publish(args: BroadcastArgs) -> anyhow::Result<()> {
         format!("already posted: {msg}")
     } else {
         format!("posted {msg}")
-    });
+    })?;
     Ok(())
 }
 
@@ -89,21 +89,20 @@ pub(crate) async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                 continue;
             };
             match topic.open(&mid, &m.payload) {
-                Ok(p) if args.json => out(&serde_json::json!({
+                Ok(p) if args.json => out(&json_line(&serde_json::json!({
                     "id": mid.to_string(),
                     "from": p.sender.to_hex(),
                     "from_fingerprint": p.sender.fingerprint().to_string(),
                     "sent_at": rfc3339(p.sent_at_ms),
                     "sent_at_ms": p.sent_at_ms,
                     "text": p.text,
-                })
-                .to_string()),
+                })))?,
                 Ok(p) => out(&format!(
                     "{}  {}  {}",
                     rfc3339(p.sent_at_ms),
                     p.sender.fingerprint(),
-                    p.text
-                )),
+                    terminal_safe(&p.text)
+                ))?,
                 Err(e) => tracing::warn!(seq = m.seq, error = %e, "a post could not be opened"),
             }
         }

@@ -29,19 +29,20 @@ pub(crate) enum IdCommand {
     },
 }
 
-fn print(id: &Identity, path: &std::path::Path, json: bool) {
+fn print(id: &Identity, path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     if json {
         out(&serde_json::json!({
             "public_key": id.public_key().to_hex(),
             "fingerprint": id.fingerprint().to_string(),
             "file": path.display().to_string(),
         })
-        .to_string());
+        .to_string())?;
     } else {
-        out(&format!("public key:  {}", id.public_key()));
-        out(&format!("fingerprint: {}", id.fingerprint()));
-        out(&format!("file:        {}", path.display()));
+        out(&format!("public key:  {}", id.public_key()))?;
+        out(&format!("fingerprint: {}", id.fingerprint()))?;
+        out(&format!("file:        {}", path.display()))?;
     }
+    Ok(())
 }
 
 pub(crate) fn run(cmd: IdCommand) -> anyhow::Result<()> {
@@ -50,12 +51,12 @@ pub(crate) fn run(cmd: IdCommand) -> anyhow::Result<()> {
             let path = crate::identity_path(path);
             let id = Identity::generate()?;
             id.save(&path)?;
-            print(&id, &path, json);
+            print(&id, &path, json)?;
         }
         IdCommand::Show { id, json } => {
             let path = crate::identity_path(id);
             let id = super::load_identity(&path)?;
-            print(&id, &path, json);
+            print(&id, &path, json)?;
         }
     }
     Ok(())

@@ -25,7 +25,9 @@ pub(crate) struct NodeArgs {
     /// Mesh address (UDP) [default: [::]:5002].
     #[arg(long, env = "FERRY_MESH_LISTEN")]
     mesh_listen: Option<String>,
-    /// A static mesh peer, `<node id>@host:port`; repeat for more (adds to the config file's).
+    /// A static mesh peer: `host:port` (its node id is learned from its handshake) or
+    /// `<node id>@host:port` (only that node is accepted there); repeat, or separate with
+    /// commas, for more (added to the config file's).
     #[arg(long = "peer", env = "FERRY_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
     /// Run without the mesh: a standalone node.
@@ -90,7 +92,10 @@ pub(crate) fn run(args: NodeArgs, log: Option<String>) -> anyhow::Result<()> {
     let cfg = config(&args, log)?;
     if args.check_config {
         cfg.validate().map_err(anyhow::Error::msg)?;
-        super::out(&serde_json::to_string_pretty(&resolved(&cfg))?);
+        for note in cfg.check_start().map_err(anyhow::Error::msg)? {
+            eprintln!("note: {note}");
+        }
+        super::out(&serde_json::to_string_pretty(&resolved(&cfg))?)?;
         return Ok(());
     }
     super::init_logging(&cfg.log);

@@ -117,11 +117,15 @@ pub struct AttachRequest {
     #[prost(bytes = "vec", tag = "4")]
     pub signature: ::prost::alloc::vec::Vec<u8>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AttachResponse {
     /// Messages that were waiting in this node's custody and are now in the mailbox.
     #[prost(uint64, tag = "1")]
     pub delivered: u64,
+    /// The user's home before this claim, when it was another node (its node id, 32 bytes):
+    /// mail left in the mailbox there is on its way here through the mesh. Empty otherwise.
+    #[prost(bytes = "vec", tag = "2")]
+    pub moved_from: ::prost::alloc::vec::Vec<u8>,
 }
 /// Carries a token for federation and internal use.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -411,7 +415,8 @@ pub struct LogEntry {
 pub struct HealthRequest {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HealthResponse {
-    /// "ok", or "draining" while the node shuts down.
+    /// "ok"; "draining" while the node shuts down; "disk full" (reads and acks served, new
+    /// messages refused); "unavailable" while its store cannot be read.
     #[prost(string, tag = "1")]
     pub status: ::prost::alloc::string::String,
     #[prost(uint64, tag = "2")]
@@ -422,10 +427,12 @@ pub struct HealthResponse {
     /// Messages stored in all mailboxes.
     #[prost(uint64, tag = "4")]
     pub queue_depth: u64,
-    /// Short id of the node (hex of the first 8 bytes of its certificate's SHA-256).
+    /// The node's id: its node key in hex (64 digits), with or without the mesh. Its short form,
+    /// in logs and `ferry peers`, is the first 12 digits. (Before 0.1 it was 16 digits of the
+    /// certificate's SHA-256.)
     #[prost(string, tag = "5")]
     pub node_id: ::prost::alloc::string::String,
-    /// The node's mesh key (32 bytes), which presence claims name; empty without a mesh.
+    /// The same node key (32 bytes), which presence claims name; empty without a mesh.
     #[prost(bytes = "vec", tag = "6")]
     pub mesh_node_id: ::prost::alloc::vec::Vec<u8>,
 }
