@@ -45,8 +45,7 @@ cat >"$work/control/control" <<CONTROL
 Package: $name
 Version: $version
 Depends: libc
-Provides: ferry
-Conflicts: $( [ "$name" = ferry ] && echo ferry-lite || echo ferry )
+$(package_relations "$name")
 Source: https://example.invalid/ferry
 SourceName: ferry
 License: MIT OR Apache-2.0

@@ -8,8 +8,18 @@ stage_files() {
 	install -m 0755 "$2" "$1/usr/bin/ferry"
 	install -m 0755 "${root:?}/openwrt/ferry/files/ferry.init" "$1/etc/init.d/ferry"
 	install -m 0600 "${root:?}/openwrt/ferry/files/ferry.config" "$1/etc/config/ferry"
-	mkdir -p "$1/lib/upgrade/keep.d"
+	mkdir -p "$1/lib/upgrade/keep.d" "$1/etc/hotplug.d/iface"
 	install -m 0644 "${root:?}/openwrt/ferry/files/ferry.keep" "$1/lib/upgrade/keep.d/ferry"
+	install -m 0644 "${root:?}/openwrt/ferry/files/ferry.hotplug" "$1/etc/hotplug.d/iface/95-ferry"
+}
+
+# package_relations <name>: the Provides/Conflicts lines, as the feed Makefile's VARIANT,
+# PROVIDES and CONFLICTS make them (a conflict one way: openwrt/ferry/Makefile says why).
+package_relations() {
+	case "$1" in
+	ferry-lite) echo "Provides: ferry" ;;
+	*) echo "Conflicts: ferry-lite" ;;
+	esac
 }
 
 package_description() {
@@ -19,29 +29,37 @@ package_description() {
 	esac
 }
 
-# Enables the service; starts it unless the package is being installed into an image root
-# (IPKG_INSTROOT set by the image builder), where it starts at first boot.
+# The maintainer scripts do what the OpenWrt SDK's generated ones do (default_postinst and
+# default_prerm in OpenWrt's /lib/functions.sh): into an image root (IPKG_INSTROOT, the image
+# builder) the service is enabled through the image's own rc.common and starts at first
+# boot; on a router, a new install enables and starts it; an upgrade (PKG_UPGRADE=1, set by
+# opkg and apk) stops and starts it and leaves it enabled or disabled as the user had it.
+# IPKG_NO_SCRIPT=1 skips them.
 write_postinst() {
 	cat <<'SCRIPT'
 #!/bin/sh
+[ "${IPKG_NO_SCRIPT:-}" = 1 ] && exit 0
 if [ -n "${IPKG_INSTROOT:-}" ]; then
-	mkdir -p "$IPKG_INSTROOT/etc/rc.d"
-	ln -sf ../init.d/ferry "$IPKG_INSTROOT/etc/rc.d/S95ferry"
+	${shell:-/bin/sh} "$IPKG_INSTROOT/etc/rc.common" "$IPKG_INSTROOT/etc/init.d/ferry" enable
 	exit 0
 fi
-/etc/init.d/ferry enable
+[ "${PKG_UPGRADE:-0}" = 1 ] || /etc/init.d/ferry enable
 /etc/init.d/ferry start
 exit 0
 SCRIPT
 }
 
-# Stops and disables the service before removal.
+# Stops the service before removal or upgrade; disables it only when it is removed.
 write_prerm() {
 	cat <<'SCRIPT'
 #!/bin/sh
-[ -n "${IPKG_INSTROOT:-}" ] && exit 0
+[ "${IPKG_NO_SCRIPT:-}" = 1 ] && exit 0
+if [ -n "${IPKG_INSTROOT:-}" ]; then
+	${shell:-/bin/sh} "$IPKG_INSTROOT/etc/rc.common" "$IPKG_INSTROOT/etc/init.d/ferry" disable
+	exit 0
+fi
 /etc/init.d/ferry stop
-/etc/init.d/ferry disable
+[ "${PKG_UPGRADE:-0}" = 1 ] || /etc/init.d/ferry disable
 exit 0
 SCRIPT
 }

@@ -130,7 +130,7 @@ cargo_cross() {
 }
 
 mkdir -p "$DIST"
-rm -f "$DIST"/*.ipk "$DIST"/size-report.txt
+rm -f "$DIST"/*.ipk "$DIST"/*.apk "$DIST"/size-report.txt
 declare -a BUILT=()   # entries "variant target"
 
 build() { # build <variant full|lite> <target>
@@ -148,6 +148,10 @@ build() { # build <variant full|lite> <target>
     for arch in $(openwrt_arches "$t"); do
         packaging/build-ipk.sh --binary "$DIST/$name-$(triple "$t")" --arch "$arch" \
             --name "$name" --out "$DIST" >/dev/null
+        # The .apk (OpenWrt 25.12) too, where apk-tools 3 is at hand (APK=path): it says
+        # once that it is not and makes nothing.
+        packaging/build-apk.sh --binary "$DIST/$name-$(triple "$t")" --arch "$arch" \
+            --name "$name" --out "$DIST" >/dev/null 2>>"$DIST/apk-skipped"
     done
     BUILT+=("$variant $t")
 }
@@ -224,7 +228,9 @@ qemu_run() { # qemu_run <variant> <target>
 if [ "${NO_QEMU:-}" != 1 ] && [ ${#BUILT[@]} -gt 0 ]; then
     if [ -z "$HOST_FERRY" ]; then
         cargo build --release --locked --bin ferry
-        HOST_FERRY=$ROOT/target/release/ferry
+        TARGET_DIR=${CARGO_TARGET_DIR:-target}
+        case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+        HOST_FERRY=$TARGET_DIR/release/ferry
     fi
     for b in "${BUILT[@]}"; do
         # shellcheck disable=SC2086
@@ -272,13 +278,21 @@ status=0
         for arch in $(openwrt_arches "$t"); do
             pkg=$(ls "$DIST/${name}_"*"_$arch.ipk")
             printf '%-12s %-34s %12s %14s %24s\n' "$name" "$(triple "$t")" "$bin_size" "$(stat -c %s "$pkg")" "$arch"
+            for apk in "$DIST/$name-"*"_$arch.apk"; do
+                [ -e "$apk" ] || continue
+                printf '%-12s %-34s %12s %14s %24s\n' "$name" "$(triple "$t")" "$bin_size" "$(stat -c %s "$apk")" "$arch (.apk)"
+            done
         done
     done
     if [ -n "$IDLE_ANON_KIB" ]; then
         echo "idle x86_64 router node (mesh on loopback, no clients): RSS $IDLE_RSS_KIB KiB, anonymous $IDLE_ANON_KIB KiB"
     fi
     echo "linked by zig $ZIG_VERSION: musl with its own malloc"
+    if [ -s "$DIST/apk-skipped" ]; then
+        echo "no .apk packages: $(head -n1 "$DIST/apk-skipped" | sed 's/^build-apk.sh: //')"
+    fi
 } | tee "$DIST/size-report.txt"
+rm -f "$DIST/apk-skipped"
 if [ -n "$IDLE_ANON_KIB" ]; then
     if [ "$IDLE_ANON_KIB" -gt "$BUDGET_IDLE_ANON_KIB" ]; then
         echo "MEMORY BUDGET EXCEEDED: the idle x86_64 router node has $IDLE_ANON_KIB KiB anonymous memory (budget $BUDGET_IDLE_ANON_KIB KiB)" | tee -a "$DIST/size-report.txt"
