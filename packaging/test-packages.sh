@@ -204,7 +204,11 @@ elif [ ${#apks[@]} -gt 0 ]; then
         r="$w/root"
         # The root gets the libraries the package's binary loads (none: it is static).
         mkdir -p "$w/x"
-        "$apk" extract --destination "$w/x" --allow-untrusted "$pkg" >/dev/null 2>&1 || true
+        if ! "$apk" extract --destination "$w/x" --allow-untrusted "$pkg" >/dev/null 2>&1; then
+            fail "apk extract cannot read it"
+            rm -rf "$w"
+            continue
+        fi
         MKROOT_NO_FERRY=1 sh "$ROOT/openwrt/test/mkroot.sh" "$r" "$w/x/usr/bin/ferry" >/dev/null
         mkdir -p "$r/etc/apk"
         echo "$farch" >"$r/etc/apk/arch"
@@ -233,7 +237,7 @@ elif [ ${#apks[@]} -gt 0 ]; then
             check "post-install enabled the service" test "$(links)" = "../init.d/ferry,../init.d/ferry"
             check "post-install started it" test "$(calls)" = "set "
             echo "# changed here" >>"$r/etc/config/ferry"
-            in_root "$r" /etc/init.d/ferry disable
+            in_root "$r" /etc/init.d/ferry disable || fail "disable failed"
             : >"$log"
             APK="$apk" "$ROOT/packaging/build-apk.sh" --binary "$r/usr/bin/ferry" --arch "$farch" \
                 --name "$fname" --version "${fversion%-r*}-r99" --out "$w/next" >/dev/null
@@ -243,7 +247,7 @@ elif [ ${#apks[@]} -gt 0 ]; then
                 test "$(tail -n1 "$r/etc/config/ferry"),$(cmp -s "$r/etc/config/ferry.apk-new" "$ROOT/openwrt/ferry/files/ferry.config" && echo new)" = "# changed here,new"
             check "the upgrade left the service disabled" test "$(links)" = ","
             check "the upgrade stopped and started it" test "$(calls)" = "delete set "
-            in_root "$r" /etc/init.d/ferry enable
+            in_root "$r" /etc/init.d/ferry enable || fail "enable failed"
             : >"$log"
             check "apk del removes it" "$apk" del --root "$r" --no-network --quiet "$fname"
             check "removal stopped and disabled it" test "$(calls),$(links)" = "delete ,,"

@@ -129,6 +129,11 @@ cargo_cross() {
         --target-dir "$CROSS_DIR" "$@" "${last[@]}"
 }
 
+# scripts/size-by-crate.sh sources this file for the tools and the helpers above.
+if [ -n "${SIZE_BY_CRATE:-}" ]; then
+    return 0
+fi
+
 mkdir -p "$DIST"
 rm -f "$DIST"/*.ipk "$DIST"/*.apk "$DIST"/size-report.txt
 declare -a BUILT=()   # entries "variant target"

@@ -179,7 +179,12 @@ impl Client {
             .connect_with(config, addr, &opts.server_name)
             .map_err(|e| connect_err(e.to_string()))?;
         let conn = match tokio::time::timeout(opts.connect_timeout, connecting).await {
-            Err(_) => return Err(connect_err("handshake timed out".into())),
+            Err(_) => {
+                return Err(ClientError::NoAnswer {
+                    addr: node.to_string(),
+                    waited: opts.connect_timeout,
+                });
+            }
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 // Report a pin mismatch as such, not as a generic TLS failure.
@@ -544,7 +549,8 @@ impl Client {
     /// Makes this node `id`'s home: on a mesh node, signs a presence claim naming the node
     /// (Attach, 107), so every node routes `id`'s mail here and can encrypt to it, and moves
     /// what waited for `id` into its mailbox; on a node without a mesh (or any plain qpq
-    /// server), uploads the hybrid key (302). Returns the messages that were waiting.
+    /// server), uploads the hybrid key (302). Returns how many messages that were waiting
+    /// here it delivered, and the node `id` was at home at before, if another.
     pub async fn attach(&self, id: &Identity) -> Result<Attached, ClientError> {
         let h = self.health().await?;
         if h.mesh_node_id.is_empty() {
@@ -567,11 +573,16 @@ impl Client {
                 },
             )
             .await?;
+        // `moved_from` is a hint: one that does not parse is left out, not a failed login.
+        let moved_from = match r.moved_from.as_slice() {
+            [] => None,
+            b => NodeId::from_field(b, "moved_from")
+                .inspect_err(|e| tracing::debug!(error = %e, "ignoring a malformed moved_from"))
+                .ok(),
+        };
         Ok(Attached {
             delivered: r.delivered,
-            moved_from: (!r.moved_from.is_empty())
-                .then(|| NodeId::from_field(&r.moved_from, "moved_from"))
-                .transpose()?,
+            moved_from,
         })
     }
 

@@ -16,6 +16,15 @@ pub enum ClientError {
         /// Why it failed.
         reason: String,
     },
+    /// No QUIC handshake completed within the connect timeout: nothing answers at that
+    /// address (or a firewall drops its UDP).
+    #[error("no QUIC handshake with {addr} within {} ms", waited.as_millis())]
+    NoAnswer {
+        /// Where we tried to go.
+        addr: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
     /// The node presented a different certificate than the one pinned for it.
     #[error(
         "the certificate of node {node} has changed: expected {expected}, got {presented}. \
@@ -148,6 +157,7 @@ impl ClientError {
             ClientError::Connection(_)
             | ClientError::Stream(_)
             | ClientError::Connect { .. }
+            | ClientError::NoAnswer { .. }
             | ClientError::Timeout { .. } => true,
             ClientError::Status { status, .. } => matches!(
                 status,

@@ -32,11 +32,12 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, NodeError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
     {
-        std::fs::create_dir_all(dir).map_err(|source| NodeError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| NodeError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
     }
     if path.exists() {
         if StdUnixStream::connect(path).is_ok() {

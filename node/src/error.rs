@@ -40,7 +40,7 @@ pub enum NodeError {
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
     /// An address in the configuration does not parse.
-    #[error("invalid address {value:?} for {field}")]
+    #[error("{field} = {value:?}: not an address with a port from 1 to 65535, like [::]:5001")]
     Address {
         /// The configuration field.
         field: &'static str,

@@ -45,21 +45,9 @@ fn mesh_err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Mesh(e.to_string())
 }
 
-fn listen_addrs(field: &'static str, listen: &str) -> Result<Vec<SocketAddr>, NodeError> {
-    let addr: SocketAddr = listen.parse().map_err(|_| NodeError::Address {
-        field,
-        value: listen.to_string(),
-    })?;
-    let mut out = vec![addr];
-    if addr.ip().is_unspecified() && addr.is_ipv6() {
-        out.push(SocketAddr::from(([0, 0, 0, 0], addr.port())));
-    }
-    Ok(out)
-}
-
 async fn bind(cfg: &NodeConfig, secret: [u8; 32]) -> Result<Arc<dyn Transport>, NodeError> {
     let mut last = None;
-    for addr in listen_addrs("mesh.listen", &cfg.mesh.listen)? {
+    for addr in crate::config::listen_addrs("mesh.listen", &cfg.mesh.listen)? {
         #[cfg(feature = "iroh")]
         let bound = driver::iroh_transport::IrohTransport::bind(secret, addr)
             .await
@@ -94,7 +82,7 @@ fn bind_federation(cfg: &NodeConfig, secret: [u8; 32]) -> Result<QuicTransport, 
         Role::Edge => "[::]:0".to_string(),
     };
     let mut last = None;
-    for addr in listen_addrs("federation.listen", &listen)? {
+    for addr in crate::config::listen_addrs("federation.listen", &listen)? {
         let bound = crate::server::bind_udp("federation", addr, cfg.udp_receive_buffer)
             .map_err(|e| driver::TransportError::Bind(format!("{addr}: {e}")))
             .and_then(|b| QuicTransport::bind_socket(secret, b.socket));

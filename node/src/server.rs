@@ -87,19 +87,6 @@ impl RunningNode {
     }
 }
 
-fn bind_addr(listen: &str) -> Result<Vec<SocketAddr>, NodeError> {
-    let addr: SocketAddr = listen.parse().map_err(|_| NodeError::Address {
-        field: "listen",
-        value: listen.to_string(),
-    })?;
-    let mut out = vec![addr];
-    // `[::]` on a host without IPv6 falls back to IPv4.
-    if addr.ip().is_unspecified() && addr.is_ipv6() {
-        out.push(SocketAddr::from(([0, 0, 0, 0], addr.port())));
-    }
-    Ok(out)
-}
-
 fn server_config(cfg: &NodeConfig, c: cert::NodeCert) -> Result<quinn::ServerConfig, NodeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -167,7 +154,7 @@ fn bind_endpoint(
     recv_buffer: usize,
 ) -> Result<quinn::Endpoint, NodeError> {
     let mut last = None;
-    for addr in bind_addr(listen)? {
+    for addr in crate::config::listen_addrs("listen", listen)? {
         let bound = bind_udp("client", addr, recv_buffer)
             .and_then(|b| b.endpoint(endpoint.clone(), Some(server.clone())));
         match bound {

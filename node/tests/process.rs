@@ -855,3 +855,51 @@ fn inbox_follow_exits_on_a_changed_certificate_and_forget_drops_the_pin() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pinned certificate"));
 }
+
+/// `ferry inbox --follow` started while its node is down (a router still booting) keeps
+/// trying, and shows what is sent once the node is up (it gave up after the first 2 s
+/// without an answer).
+#[test]
+fn inbox_follow_waits_for_a_node_that_is_not_up_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    // The node's address: taken once to pin its certificate, then the node is stopped.
+    let node = NodeProc::start(&data, "127.0.0.1:0");
+    let addr = node.addr.clone();
+    let cfg = dir.path().join("cfg");
+    let (a, b, to) = two_users(&cfg);
+    ferry(&cfg, &["inbox", "--node", &addr, "--id", &b]);
+    drop(node);
+    let mut follow = Command::new(FERRY)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .args(["inbox", "--follow", "--node", &addr, "--id", &b])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // Two connect timeouts and more.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "inbox --follow gave up on a node that was not up yet"
+    );
+    let node = NodeProc::start(&data, &addr);
+    ferry(
+        &cfg,
+        &["send", "--node", &addr, "--id", &a, "--to", &to, "booted"],
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the follower shows what was sent once the node was up");
+    assert!(line.ends_with("  booted"), "{line}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    drop(node);
+}

@@ -5,10 +5,16 @@
 # /tmp have the same path inside and out. These variables pass in: UCI_CONFIG_DIR,
 # FERRY_RUN_DIR, UBUS_LOG, IPKG_INSTROOT, PKG_UPGRADE, IPKG_NO_SCRIPT, ACTION, INTERFACE.
 in_root() {
+	(in_root_exec "$@")
+}
+
+# in_root_exec ROOT COMMAND [ARGS...]: as in_root, but the calling shell becomes the command
+# (exec all the way down), so that `(in_root_exec ...) &` leaves the command's own pid in $!.
+in_root_exec() {
 	_root=$1
 	shift
 	# shellcheck disable=SC2016  # expanded by the inner shell
-	unshare -m sh -c '
+	exec unshare -m sh -c '
 		root=$1
 		shift
 		mount --bind /tmp "$root/tmp" || exit 97

@@ -183,6 +183,11 @@ fn documented_field_numbers_golden() {
         hex(&audit.encode_to_vec()),
         "0a0508011201021003".to_owned() + "1a0104"
     );
+    let attached = pb::AttachResponse {
+        delivered: 1,
+        moved_from: vec![2],
+    };
+    assert_eq!(hex(&attached.encode_to_vec()), "0801120102");
 }
 
 #[test]

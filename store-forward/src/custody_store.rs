@@ -44,7 +44,9 @@ pub trait CustodyStore: Send + Sync + 'static {
     /// One bundle in custody.
     fn custody_get(&self, digest: &BundleDigest) -> Result<Option<BundleRecord>, StoreError>;
     /// Takes custody of a bundle (or, with `deliver_local`, puts it straight into the
-    /// recipient's mailbox here).
+    /// recipient's mailbox here). The write is submitted when this is called, not when the
+    /// future is first polled, and writes are applied in the order they were submitted: the
+    /// mesh relies on both to keep bundles in the order they arrived.
     fn custody_put(
         &self,
         record: BundleRecord,

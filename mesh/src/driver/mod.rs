@@ -169,6 +169,8 @@ struct Inner {
     peers_file: Option<std::path::PathBuf>,
     /// Received bundles being stored, in the order they arrived (see [`stored_loop`]).
     stored: mpsc::UnboundedSender<StoredJob>,
+    /// Bundles to read and send, in the order the core sent them (see [`send_loop`]).
+    sends: mpsc::UnboundedSender<(NodeId, BundleDigest)>,
     /// Snapshots of the neighbours handed out for writing, and a lock held while one is
     /// written (writes run on blocking threads: one at a time, and never an older one after
     /// a newer).
@@ -276,6 +278,7 @@ impl MeshHandle {
         }
         let (events, rx) = mpsc::unbounded_channel();
         let (stored, stored_rx) = mpsc::unbounded_channel();
+        let (sends, sends_rx) = mpsc::unbounded_channel();
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             core: Mutex::new(mesh),
@@ -290,6 +293,7 @@ impl MeshHandle {
             hop_limit: opts.hop_limit,
             peers_file: opts.peers_file,
             stored,
+            sends,
             peers_written: AtomicU64::new(0),
             peers_writing: std::sync::Mutex::new(()),
             mdns_garbage: AtomicU64::new(0),
@@ -298,6 +302,7 @@ impl MeshHandle {
         let h = MeshHandle { inner };
         h.spawn(run(h.clone(), h.inner.stop.subscribe()));
         h.spawn(stored_loop(h.clone(), stored_rx, h.inner.stop.subscribe()));
+        h.spawn(send_loop(h.clone(), sends_rx, h.inner.stop.subscribe()));
         h.spawn(accept_loop(h.clone(), h.inner.stop.subscribe()));
         h.spawn(hearing_loop(h.clone(), h.inner.stop.subscribe()));
         Ok((h, rx))
@@ -633,38 +638,9 @@ impl MeshHandle {
         match out {
             Output::Send { to, msg } => self.send_frame(&to, wire::encode(msg)),
             Output::SendBundle { to, digest } => {
-                // Read and queued here, not in a task of its own: tasks run in any order, and
-                // a link carries one sender's bundles in the order the core sends them (the
-                // order they were sent in), so that they reach the recipient in that order.
-                let rec = match store.custody_get(&digest) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading a bundle to send failed");
-                        return;
-                    }
-                };
-                let rtt = self
-                    .links()
-                    .get(&to)
-                    .map(|s| s.link.rtt())
-                    .unwrap_or_default();
-                let lifetime = rec
-                    .expires_at_ms
-                    .saturating_sub(wall_ms())
-                    .saturating_sub(u64::try_from(rtt.as_millis()).unwrap_or(0));
-                let b = Bundle {
-                    message_id: rec.message_id,
-                    recipient: rec.mailbox.recipient,
-                    channel: rec.mailbox.channel,
-                    device: rec.mailbox.device,
-                    lifetime_ms: lifetime,
-                    hop_count: rec.hop_count,
-                    hop_limit: rec.hop_limit,
-                    sender: rec.sender,
-                    payload: rec.payload,
-                };
-                self.send_frame(&to, wire::encode(wire::LinkMsg::Bundle(b)));
+                // Read and queued by one task, in the order the core sends them (the order
+                // they were sent in): tasks of their own would run in any order.
+                let _ = self.inner.sends.send((to, digest));
             }
             Output::StoreBundle {
                 from,
@@ -851,6 +827,50 @@ async fn run(h: MeshHandle, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Reads each bundle the core sends (from flash, on a blocking thread: it can be megabytes)
+/// and queues it on its link, one after the other, so that a link carries one sender's
+/// bundles in the order the core sent them, and the core's loop never waits for flash.
+async fn send_loop(
+    h: MeshHandle,
+    mut sends: mpsc::UnboundedReceiver<(NodeId, BundleDigest)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            n = sends.recv() => n,
+            _ = stop.changed() => return,
+        };
+        let Some((to, digest)) = next else { return };
+        let store = Arc::clone(&h.inner.store);
+        let rec = match tokio::task::spawn_blocking(move || store.custody_get(&digest)).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading a bundle to send failed");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let rtt = h.links().get(&to).map(|s| s.link.rtt()).unwrap_or_default();
+        let lifetime = rec
+            .expires_at_ms
+            .saturating_sub(wall_ms())
+            .saturating_sub(u64::try_from(rtt.as_millis()).unwrap_or(0));
+        let b = Bundle {
+            message_id: rec.message_id,
+            recipient: rec.mailbox.recipient,
+            channel: rec.mailbox.channel,
+            device: rec.mailbox.device,
+            lifetime_ms: lifetime,
+            hop_count: rec.hop_count,
+            hop_limit: rec.hop_limit,
+            sender: rec.sender,
+            payload: rec.payload,
+        };
+        h.send_frame(&to, wire::encode(wire::LinkMsg::Bundle(b)));
     }
 }
 

@@ -125,8 +125,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // A node with its default limits refuses a load generator's rate from one address: say
     // how to run one for benchmarks.
     let limited = result.as_ref().err().is_some_and(|e| {
-        let text = format!("{e:#}");
-        text.contains("RateLimited") || text.contains("too many")
+        e.chain()
+            .filter_map(|c| c.downcast_ref::<ferry_client::ClientError>())
+            .any(|c| match c {
+                ferry_client::ClientError::Status { status, .. } => {
+                    *status == ferry_proto::Status::RateLimited
+                }
+                // A connection refused over a per-address limit is closed with the reason.
+                ferry_client::ClientError::Connection(
+                    quinn::ConnectionError::ApplicationClosed(close),
+                ) => String::from_utf8_lossy(&close.reason).contains("too many"),
+                _ => false,
+            })
     });
     if limited {
         return result.context(

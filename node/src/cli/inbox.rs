@@ -47,8 +47,9 @@ const PAGE: u32 = 64;
 /// Messages fetched before any is shown, without `--follow` (so that they can be put in order).
 const GATHER: usize = 4096;
 const WAIT: Duration = Duration::from_secs(25);
-/// How long a first look waits for mail that follows a user who moved here.
-const FOLLOWING: Duration = Duration::from_secs(10);
+/// How long a first look waits for mail that follows a user who moved here (the node cannot
+/// tell whether any was left at the old home, so one who left none waits this long).
+const FOLLOWING: Duration = Duration::from_secs(5);
 /// Mail following a user arrives within this of the message before it.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -79,12 +80,17 @@ pub(crate) async fn run(args: InboxArgs) -> anyhow::Result<()> {
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is::<OutputClosed>() => return Err(e),
-            Err(e) if args.follow && retryable(&e) => {
+            Err(e) if args.follow && (retryable(&e) || NodeFlags::is_no_node(&e)) => {
                 if connected {
                     backoff = FIRST_RETRY;
                 }
                 tracing::warn!(error = %format!("{e:#}"), "connection lost; reconnecting in {:?}", backoff);
-                tokio::time::sleep(backoff).await;
+                if or_interrupt(tokio::time::sleep(backoff), &mut ctrl_c)
+                    .await
+                    .is_none()
+                {
+                    return Ok(());
+                }
                 backoff = (backoff * 2).min(LAST_RETRY);
             }
             Err(e) => return Err(e),
@@ -100,8 +106,19 @@ fn retryable(e: &anyhow::Error) -> bool {
         .any(ClientError::is_retryable)
 }
 
-/// One connection's worth. Ctrl-C is taken where it waits for mail, never between writing a
-/// message out and recording and acknowledging it.
+/// Awaits `f`, or Ctrl-C, whichever comes first (then `None`).
+async fn or_interrupt<T>(
+    f: impl std::future::Future<Output = T>,
+    ctrl_c: &mut tokio::signal::unix::Signal,
+) -> Option<T> {
+    tokio::select! {
+        v = f => Some(v),
+        _ = ctrl_c.recv() => None,
+    }
+}
+
+/// One connection's worth. Ctrl-C is taken wherever it waits (connecting, fetching, waiting
+/// for mail), never between writing a message out and recording and acknowledging it.
 async fn session(
     args: &InboxArgs,
     id: &ferry_client::Identity,
@@ -110,7 +127,10 @@ async fn session(
     connected: &mut bool,
     ctrl_c: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
-    let (client, attached) = login(&args.node, id).await?;
+    let Some(logged_in) = or_interrupt(login(&args.node, id), ctrl_c).await else {
+        return Ok(());
+    };
+    let (client, attached) = logged_in?;
     *connected = true;
     let mailbox = MailboxAddr::default_for(id.public_key());
     let mut first = true;
@@ -120,17 +140,18 @@ async fn session(
             client.close().await;
             return Ok(());
         }
-        let mut batch = if args.follow {
-            tokio::select! {
-                b = client.fetch_wait(&mailbox, PAGE, WAIT) => b?,
-                _ = ctrl_c.recv() => {
-                    client.close().await;
-                    return Ok(());
-                }
-            }
+        let fetched = if args.follow {
+            or_interrupt(client.fetch_wait(&mailbox, PAGE, WAIT), ctrl_c)
+                .await
+                .map(|b| b.map_err(anyhow::Error::from))
         } else {
-            gather(&client, &mailbox).await?
+            or_interrupt(gather(&client, &mailbox), ctrl_c).await
         };
+        let Some(fetched) = fetched else {
+            client.close().await;
+            return Ok(());
+        };
+        let mut batch = fetched?;
         if batch.is_empty()
             && first
             && !args.follow
@@ -138,19 +159,15 @@ async fn session(
         {
             // A user who moved here: the mail left at the old home is on its way.
             tracing::warn!(
-                "your mail is following you from node {}; waiting up to {} s for it",
+                "your mail may be following you from node {}; waiting up to {} s for it",
                 from.short(),
                 FOLLOWING.as_secs()
             );
-            batch = client.fetch_wait(&mailbox, PAGE, FOLLOWING).await?;
-            // It comes in a burst: taken until it pauses, so that it is shown in order.
-            while !batch.is_empty() && batch.len() < GATHER {
-                let more = client.fetch_wait(&mailbox, PAGE, SETTLE).await?;
-                if more.is_empty() {
-                    break;
-                }
-                batch.extend(more);
-            }
+            let Some(followed) = or_interrupt(following(&client, &mailbox), ctrl_c).await else {
+                client.close().await;
+                return Ok(());
+            };
+            batch = followed?;
         }
         first = false;
         if batch.is_empty() {
@@ -177,6 +194,20 @@ async fn session(
             return Ok(());
         }
     }
+}
+
+/// Mail following a user who moved here: what comes within [`FOLLOWING`], taken until it
+/// pauses (it comes in a burst), so that it is shown in order.
+async fn following(client: &Client, mailbox: &MailboxAddr) -> anyhow::Result<Vec<Envelope>> {
+    let mut batch = client.fetch_wait(mailbox, PAGE, FOLLOWING).await?;
+    while !batch.is_empty() && batch.len() < GATHER {
+        let more = client.fetch_wait(mailbox, PAGE, SETTLE).await?;
+        if more.is_empty() {
+            break;
+        }
+        batch.extend(more);
+    }
+    Ok(batch)
 }
 
 /// Without `--follow`: everything waiting (up to [`GATHER`] messages), so it can be put in

@@ -102,13 +102,10 @@ impl NodeFlags {
         Client::connect(&self.node, &self.options()?)
             .await
             .map_err(|e| match e {
-                ferry_client::ClientError::Connect { reason, .. }
-                    if reason.contains("timed out") =>
-                {
-                    anyhow::Error::new(NoNode {
-                        node: self.node.clone(),
-                    })
-                }
+                ferry_client::ClientError::NoAnswer { waited, .. } => anyhow::Error::new(NoNode {
+                    node: self.node.clone(),
+                    waited,
+                }),
                 e => anyhow::Error::from(e),
             })
     }
@@ -120,11 +117,13 @@ pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// No node answered the handshake.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "no Ferry node answers at {node} (no QUIC handshake within 2 s): is `ferry node` running \
-     there, and is its UDP port open? (--node or FERRY_NODE to use another)"
+    "no Ferry node answers at {node} (no QUIC handshake within {} s): is `ferry node` running \
+     there, and is its UDP port open? (--node or FERRY_NODE to use another)",
+    .waited.as_secs_f32()
 )]
 pub(crate) struct NoNode {
     node: String,
+    waited: std::time::Duration,
 }
 
 #[cfg(feature = "client")]

@@ -103,8 +103,7 @@ async fn send_one(
 ) -> anyhow::Result<()> {
     if text.len() > MAX_TEXT {
         anyhow::bail!(
-            "the message is {} bytes; a message may carry at most {MAX_TEXT} bytes of text \
-             (files go as attachments, not as text)",
+            "the message is {} bytes; a message may carry at most {MAX_TEXT} bytes of text",
             text.len()
         );
     }
@@ -131,30 +130,31 @@ async fn send_one(
             anyhow::Ok((*recipient, resp))
         }
         .await;
-        match result {
+        let e = match result {
             Ok(r) => break r,
-            Err(e) if let Some(wait) = rate_limited(&e) => {
-                // The node takes so many requests a second from one address: go at its pace.
-                if !s.paced {
-                    tracing::warn!(
-                        "the node limits how many requests a second it takes from your address \
-                         (its rate_limit); sending at its pace"
-                    );
-                    s.paced = true;
-                }
-                tokio::time::sleep(wait).await;
+            Err(e) => e,
+        };
+        if let Some(wait) = rate_limited(&e) {
+            // The node takes so many requests a second from one address: go at its pace.
+            if !s.paced {
+                tracing::warn!(
+                    "the node limits how many requests a second it takes from your address \
+                     (its rate_limit); sending at its pace"
+                );
+                s.paced = true;
             }
+            tokio::time::sleep(wait).await;
+        } else if attempt < 2 && is_retryable(&e) && !NodeFlags::is_no_node(&e) {
             // A node that did not answer the handshake is said at once (it took 2 s), not
             // retried for half a minute.
-            Err(e) if attempt < 2 && is_retryable(&e) && !NodeFlags::is_no_node(&e) => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "send failed; retrying with the same message id");
-                if let Some(c) = s.client.take() {
-                    c.close().await;
-                }
-                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            attempt += 1;
+            tracing::warn!(error = %e, attempt, "send failed; retrying with the same message id");
+            if let Some(c) = s.client.take() {
+                c.close().await;
             }
-            Err(e) => return Err(e),
+            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+        } else {
+            return Err(e);
         }
     };
     if args.json {

@@ -28,8 +28,9 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
             "queue_depth": h.queue_depth,
             "node_id": node_id,
             "mesh": mesh,
-            // The same id, kept for scripts written before it was the only one.
-            "mesh_node_id": mesh.then(|| data_encoding::HEXLOWER.encode(&h.mesh_node_id)),
+            // The same id ("" without the mesh), kept for scripts written before it was the
+            // only one.
+            "mesh_node_id": data_encoding::HEXLOWER.encode(&h.mesh_node_id),
             "fingerprint": fp.to_string(),
         })
         .to_string())?;
