@@ -104,7 +104,8 @@ fi
 rustflags() {
     local f="-Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tables=no -Zlocation-detail=none"
     [ "$1" = armv7 ] && f="$f -Clink-self-contained=no"
-    echo "$f"
+    # ROUTER_EXTRA_RUSTFLAGS: flags to try (size experiments, see docs/size.md).
+    echo "$f${ROUTER_EXTRA_RUSTFLAGS:+ $ROUTER_EXTRA_RUSTFLAGS}"
 }
 
 # cargo_cross <subcommand> <target> <features> [args]

@@ -41,6 +41,11 @@ pub struct ConnectOptions {
     /// fails with [`ClientError::Timeout`] and closes the connection: the node is not
     /// answering on it.
     pub request_timeout: Duration,
+    /// When the node answers `RateLimited` (its per-address rate), wait as long as it asks
+    /// and send the same request again, on the same connection, for up to this long in all;
+    /// `None` (the default) returns `RateLimited` at once. Only the refused request is sent
+    /// again, so a call of several requests (authentication) makes progress at any rate.
+    pub pace_rate_limits: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -58,6 +63,7 @@ impl ConnectOptions {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
+            pace_rate_limits: None,
         }
     }
 }
@@ -88,6 +94,9 @@ pub struct Client {
     conn: quinn::Connection,
     next_request: AtomicU32,
     request_timeout: Duration,
+    pace_rate_limits: Option<Duration>,
+    /// Whether pacing was said once already.
+    paced: std::sync::atomic::AtomicBool,
     node_cert: Fingerprint,
     identity: Mutex<Option<IdentityKey>>,
     push: Mutex<Option<mpsc::Receiver<PushEvent>>>,
@@ -238,6 +247,8 @@ impl Client {
             conn,
             next_request: AtomicU32::new(1),
             request_timeout: opts.request_timeout,
+            pace_rate_limits: opts.pace_rate_limits,
+            paced: std::sync::atomic::AtomicBool::new(false),
             node_cert,
             identity: Mutex::new(None),
             push: Mutex::new(Some(rx)),
@@ -337,13 +348,39 @@ impl Client {
         req: &Req,
         within: Duration,
     ) -> Result<Resp, ClientError> {
-        let (status, body) = self
-            .call_raw_within(method.id(), &req.encode_to_vec(), within)
-            .await?;
-        if status != Status::Ok {
-            return Err(ClientError::status(method, status, &body));
+        let payload = req.encode_to_vec();
+        let until = self
+            .pace_rate_limits
+            .map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let (status, body) = self.call_raw_within(method.id(), &payload, within).await?;
+            if status == Status::Ok {
+                return Ok(ferry_proto::decode_message(&body)?);
+            }
+            let err = ClientError::status(method, status, &body);
+            if let (
+                Some(until),
+                ClientError::Status {
+                    status: Status::RateLimited,
+                    retry_after_ms,
+                    ..
+                },
+            ) = (until, &err)
+            {
+                let wait = Duration::from_millis((*retry_after_ms).clamp(20, 5_000));
+                if tokio::time::Instant::now() + wait < until {
+                    if !self.paced.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the node limits how many requests a second it takes from your \
+                             address (its rate_limit); going at its pace"
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            return Err(err);
         }
-        Ok(ferry_proto::decode_message(&body)?)
     }
 
     /// Health (802).

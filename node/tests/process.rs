@@ -903,3 +903,94 @@ fn inbox_follow_waits_for_a_node_that_is_not_up_yet() {
     let _ = follow.wait();
     drop(node);
 }
+
+/// The smaller items of issue 27: a paragraph on standard input goes as one message; `send -`
+/// keeps to a node's rate limit instead of failing half-way (200 lines against the default
+/// limit failed with RateLimited); a message too large to send says so before sending; a
+/// static peer that cannot be reached says why in `ferry peers`.
+#[test]
+fn send_stdin_pacing_too_large_and_dial_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let node = NodeProc::spawn(
+        Command::new(FERRY)
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--rate-limit",
+                "5",
+                "--mesh-listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                // Nothing listens there: a static peer that cannot be reached.
+                "--peer",
+                &format!("{}@127.0.0.1:9", "ab".repeat(32)),
+                "--data-dir",
+            ])
+            .arg(&data),
+    );
+    let addr = node.addr.as_str();
+    let cfg = dir.path().join("cfg");
+    let (a, b, to) = two_users(&cfg);
+    ferry(&cfg, &["inbox", "--node", addr, "--id", &b]);
+    let send = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(FERRY)
+            .env("XDG_CONFIG_HOME", &cfg)
+            .args(["send", "--node", addr, "--id", &a, "--to", &to])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = send(&["--stdin"], "Dear Bob,\nthe boat leaves at six.\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 30 lines at 5 requests a second (bursts of 10): paced, all sent.
+    let lines: String = (1..=30).map(|n| format!("line {n}\n")).collect();
+    let out = send(&["-"], &lines);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 30);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("going at its pace"));
+    let shown = ferry(&cfg, &["inbox", "--node", addr, "--id", &b]);
+    assert!(
+        shown.contains("  Dear Bob,\n  | the boat leaves at six.\n"),
+        "{shown}"
+    );
+    assert_eq!(shown.matches("  line ").count(), 30, "{shown}");
+    // Too large: said before anything is sent.
+    let out = send(&["--stdin"], &"x".repeat(5 * 1024 * 1024));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a message may carry at most"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The static peer: peers says why it cannot be linked.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(FERRY)
+            .args(["peers", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("last dial failed:") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dial error shown: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(node);
+}

@@ -93,6 +93,9 @@ impl NodeFlags {
         // node went away (or was restarted: it resets the old connection on the next
         // keep-alive), not minutes.
         opts.connect_timeout = CONNECT_TIMEOUT;
+        // The node's per-address rate (`ferry send -` of many lines, several commands at
+        // once): go at its pace instead of failing half-way.
+        opts.pace_rate_limits = Some(std::time::Duration::from_secs(120));
         opts.keep_alive = std::time::Duration::from_secs(2);
         opts.idle_timeout = std::time::Duration::from_secs(10);
         Ok(opts)

@@ -54,8 +54,6 @@ fn recipient(to: &str) -> anyhow::Result<HybridKeyLookup> {
 struct Session {
     client: Option<ferry_client::Client>,
     recipient: Option<(IdentityKey, HybridPublicKey)>,
-    /// The node's rate limit was met (said once).
-    paced: bool,
 }
 
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
@@ -134,17 +132,7 @@ async fn send_one(
             Ok(r) => break r,
             Err(e) => e,
         };
-        if let Some(wait) = rate_limited(&e) {
-            // The node takes so many requests a second from one address: go at its pace.
-            if !s.paced {
-                tracing::warn!(
-                    "the node limits how many requests a second it takes from your address \
-                     (its rate_limit); sending at its pace"
-                );
-                s.paced = true;
-            }
-            tokio::time::sleep(wait).await;
-        } else if attempt < 2 && is_retryable(&e) && !NodeFlags::is_no_node(&e) {
+        if attempt < 2 && is_retryable(&e) && !NodeFlags::is_no_node(&e) {
             // A node that did not answer the handshake is said at once (it took 2 s), not
             // retried for half a minute.
             attempt += 1;
@@ -184,20 +172,6 @@ async fn send_one(
         ))?;
     }
     Ok(())
-}
-
-/// How long to wait when the node refused for its rate limit.
-fn rate_limited(e: &anyhow::Error) -> Option<Duration> {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<ferry_client::ClientError>())
-        .find_map(|c| match c {
-            ferry_client::ClientError::Status {
-                status: ferry_proto::Status::RateLimited,
-                retry_after_ms,
-                ..
-            } => Some(Duration::from_millis((*retry_after_ms).clamp(20, 5_000))),
-            _ => None,
-        })
 }
 
 fn is_retryable(e: &anyhow::Error) -> bool {
